@@ -1,0 +1,3 @@
+from splitnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""``splitnet <command> [hydra overrides]``: the only module that reads configuration files.
+
+Every command but ``shards`` is a Hydra app over ``conf/config.yaml``; a user's own
+model files join through Hydra's search path (``--config-dir DIR model=NAME``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from splitnet.errors import SplitnetError
+
+CONF_DIR = Path(os.environ.get("SPLITNET_CONF", Path(__file__).resolve().parent.parent / "conf"))
+
+USAGE = """usage: splitnet <command> [key=value ...]
+
+commands:
+  describe   the model spec as a table: shapes, parameters, FLOPs per layer
+  plan       partition the model over a device mesh: placement, exchanges, costs
+  verify     run the split model and the single-device reference, prove them equal
+  train      train a split model (default: alexnet_small on 2 simulated CPU devices)
+  evaluate   evaluate a checkpoint
+  export     write a checkpoint's merged single-model state_dict
+  shards     write webdataset shards from images (see `splitnet shards --help`)
+
+Configuration is Hydra's: e.g. `splitnet plan model=alexnet partition=hybrid mesh.devices=4`,
+`--config-dir DIR model=NAME` for your own model files, `--cfg job` to print the config.
+"""
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _describe(cfg: dict[str, Any]) -> int:
+    from splitnet.report import spec_table
+    from splitnet.spec import load_spec, spec_summary
+
+    spec = load_spec(cfg["model"])
+    if cfg.get("format") == "json":
+        print(json.dumps(spec_summary(spec)))
+    else:
+        print(spec_table(spec))
+    return 0
+
+
+def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
+    return {"describe": _describe}
+
+
+def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:
+    import hydra
+
+    result = {"rc": 1}
+
+    def task(cfg: Any) -> None:
+        try:
+            result["rc"] = job(_plain(cfg))
+        except SplitnetError as exc:
+            print(f"splitnet {command}: error: {exc}", file=sys.stderr)
+            result["rc"] = 2
+
+    quiet = [] if command == "train" else [
+        "hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none",
+        "hydra/hydra_logging=none"]
+    saved = sys.argv
+    sys.argv = [f"splitnet-{command}", *args, *quiet]
+    try:
+        hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)()
+    finally:
+        sys.argv = saved
+    return result["rc"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, args = argv[0], argv[1:]
+    if command == "shards":
+        from splitnet.data.cli import main as shards_main
+
+        return shards_main(args)
+    commands = _commands()
+    if command not in commands:
+        print(f"splitnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return _run_hydra(command, commands[command], args)

@@ -1,0 +1,90 @@
+"""Layer ops torch does not ship in the form the 2012 network needs.
+
+Used by the reference model and by the split shards alike, so both compute the
+same thing: LRN that never crosses a group boundary, a grouped (block-diagonal)
+linear layer, and a dropout whose mask is a function of (seed, layer, step).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from splitnet.seeding import dropout_keep
+
+
+class GroupLRN(nn.Module):
+    """Local response normalisation within each of ``groups`` contiguous channel groups.
+
+    On the 2012 GPUs each tower normalised only its own channels; an LRN window over
+    a whole grouped tensor would mix neighbours across the tower boundary.
+    torch's LRN divides alpha by ``size`` (as cuda-convnet2 does); so do we.
+    """
+
+    def __init__(self, size: int, alpha: float, beta: float, k: float, groups: int) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        rest = x.shape[2:] or (1,)
+        per_group = x.reshape(b * self.groups, c // self.groups, *rest)
+        if per_group.dim() == 2:
+            per_group = per_group.unsqueeze(-1)
+        y = F.local_response_norm(per_group, self.size, self.alpha, self.beta, self.k)
+        return y.reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"
+
+
+class GroupedLinear(nn.Module):
+    """A linear layer whose ``groups`` output blocks each read only their own input block."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups == 1:
+            return F.linear(x, self.weight, self.bias)
+        g = self.groups
+        out, per = self.weight.shape
+        y = torch.einsum("bgi,goi->bgo", x.reshape(x.shape[0], g, per), self.weight.view(g, out // g, per))
+        return y.reshape(x.shape[0], out) + self.bias
+
+
+class SeededDropout(nn.Module):
+    """Dropout whose mask is drawn full-width from (seed, layer, step) and then sliced.
+
+    ``channels`` is this module's slice of the full feature dimension (start, stop, total);
+    ``set_step`` tells it the step and which rows of the full batch it is computing, so
+    a rank holding channels 48..95 of rows 32..63 applies the reference's mask there.
+    """
+
+    def __init__(self, p: float, seed: int, layer: str, channels: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.p, self.seed, self.layer, self.channels = p, seed, layer, channels
+        self.step, self.row_offset, self.full_batch = 0, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        start, stop, total = self.channels
+        rows = self.full_batch or x.shape[0]
+        keep = dropout_keep(self.seed, self.layer, self.step, (rows, total, *x.shape[2:]), self.p)
+        keep = keep[self.row_offset:self.row_offset + x.shape[0], start:stop]
+        return x * keep.to(x.device) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, layer={self.layer!r}, channels={self.channels}"
+
+
+def set_step(model: nn.Module, step: int, row_offset: int = 0, full_batch: int = 0) -> None:
+    """Tell every seeded dropout of ``model`` the step and its rows of the full batch."""
+    for module in model.modules():
+        if isinstance(module, SeededDropout):
+            module.step, module.row_offset, module.full_batch = step, row_offset, full_batch
