@@ -51,8 +51,32 @@ def _describe(cfg: dict[str, Any]) -> int:
     return 0
 
 
+def make_plan_from(cfg: dict[str, Any]) -> tuple[Any, Any]:
+    """The spec and plan a resolved config describes."""
+    from splitnet.partition import Mesh, make_plan
+    from splitnet.spec import load_spec
+
+    spec = load_spec(cfg["model"])
+    return spec, make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"],
+                           cfg.get("dtype_bytes", 4))
+
+
+def _plan(cfg: dict[str, Any]) -> int:
+    from splitnet.report import plan_table
+
+    spec, plan = make_plan_from(cfg)
+    if cfg.get("out"):
+        Path(cfg["out"]).write_text(plan.to_json())
+    if cfg.get("picture"):
+        from splitnet.partition.picture import draw_plan
+
+        draw_plan(spec, plan, cfg["picture"])
+    print(plan.to_json() if cfg.get("format") == "json" else plan_table(plan))
+    return 0
+
+
 def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
-    return {"describe": _describe}
+    return {"describe": _describe, "plan": _plan}
 
 
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from splitnet.partition.plan import Exchange, Placement, Plan
 from splitnet.spec import ModelSpec
 
 
@@ -44,3 +45,70 @@ def spec_table(spec: ModelSpec) -> str:
     head = f"{spec.name}: input {'x'.join(str(d) for d in spec.input_shape)}, default groups {spec.groups}"
     return head + "\n" + table(("layer", "op", "groups", "connect", "output", "params", "fwd FLOPs"),
                                rows, right=(2, 5, 6))
+
+
+def _ranges(placement: Placement, devices: int) -> str:
+    if not placement.shards:
+        return "-"
+    if placement.batch_split:
+        return f"all ranks, 1/{devices} of the batch each"
+    full = [s for s in placement.shards if s.cols is None]
+    if len(placement.shards) == devices > 1 and len(full) == devices and len(
+            {s.out for s in placement.shards}) == 1:
+        return "all ranks (replicated)"
+    parts = []
+    for s in placement.shards:
+        text = f"{s.rank}:{s.out[0]}-{s.out[1]}"
+        if s.cols is not None:
+            text += f" (cols {s.cols[0]}-{s.cols[1]})"
+        parts.append(text)
+    return " ".join(parts)
+
+
+def _exchange(ex: Exchange | None) -> tuple[str, str, str]:
+    if ex is None:
+        return "", "", ""
+    groups = " ".join("{" + ",".join(str(r) for r in g) + "}" for g in ex.groups) or "replicas"
+    what = f"{ex.mode}: {ex.collective}/{ex.backward} {groups}"
+    return what, human(round(ex.bytes_fwd), "B"), human(round(ex.bytes_bwd), "B")
+
+
+def plan_table(plan: Plan) -> str:
+    head = (f"{plan.model}: {plan.strategy} over {plan.devices} device(s) x {plan.replicas} replica(s), "
+            f"batch {plan.batch_size} per replica"
+            + (f", {plan.microbatches} micro-batches" if plan.strategy == "pipeline" else ""))
+    rows = []
+    for p in plan.layers:
+        what, fwd, bwd = _exchange(p.exchange)
+        stage = str(p.stage) if plan.strategy == "pipeline" and p.shards else ""
+        rows.append((p.name, p.op, stage, _ranges(p, plan.devices), what, fwd, bwd))
+    header = ["layer", "op", "stage", "shards (rank:channels)", "exchange", "bytes in fwd", "bytes in bwd"]
+    if plan.strategy != "pipeline":
+        header.pop(2)
+        rows = [r[:2] + r[3:] for r in rows]
+    layers = table(header, rows, right=(len(header) - 2, len(header) - 1))
+    dev_rows = [(c.rank, f"{c.param_count:,}", human(c.param_bytes, "B"), human(c.memory_bytes, "B"),
+                 human(c.activation_bytes, "B"), human(c.flops), human(c.bytes_in, "B"))
+                for c in plan.costs]
+    devices = table(["rank", "params", "param bytes", "memory", "of it activations", "FLOPs/step",
+                     "bytes in/step"], dev_rows, right=(1, 2, 3, 4, 5, 6))
+    totals = (f"totals: {plan.model_params:,} model parameters, {human(plan.total_exchange_bytes, 'B')} "
+              "received per step by the devices of one replica (bytes in: ring accounting, per device)")
+    parts = [head, "", layers, "", devices, "", totals, plan.rationale]
+    if plan.candidates:
+        parts += ["", candidates_table(plan)]
+    return "\n".join(parts)
+
+
+def candidates_table(plan: Plan) -> str:
+    rows = []
+    for c in plan.candidates:
+        options = " ".join(f"{k}={v}" for k, v in c["options"].items())
+        if "error" in c:
+            rows.append((c["strategy"], options, "-", "-", "-", "-", "invalid: " + c["error"][:60]))
+            continue
+        rows.append((c["strategy"], options, f"{c['step_s'] * 1e3:.2f}", f"{c['compute_s'] * 1e3:.2f}",
+                     f"{c['comm_s'] * 1e3:.2f}", human(c["memory_bytes"], "B"),
+                     ("chosen" if c.get("chosen") else "fits") if c["fits"] else "does not fit"))
+    return "candidates:\n" + table(["strategy", "options", "step ms", "compute ms", "comm ms",
+                                    "memory/device", ""], rows, right=(2, 3, 4, 5))

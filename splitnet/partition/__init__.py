@@ -1,0 +1,91 @@
+"""The partitioner: a spec and a device mesh in, a Plan out. Pure: no processes, no torch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from splitnet.partition.columns import PartitionError, columns
+from splitnet.partition.cost import device_costs, with_bytes_in
+from splitnet.partition.hybrid import hybrid
+from splitnet.partition.mesh import Mesh, MeshError, parse_bytes
+from splitnet.partition.pipeline import pipeline
+from splitnet.partition.plan import Exchange, Placement, Plan, Shard, ring_bytes
+from splitnet.spec import ModelSpec
+
+STRATEGIES = ("columns", "pipeline", "hybrid", "auto")
+_KEYS = {"strategy", "exchange", "balance", "boundaries", "microbatches"}
+
+__all__ = ["Mesh", "MeshError", "PartitionError", "Plan", "Placement", "Shard", "Exchange",
+           "make_plan", "parse_bytes", "STRATEGIES"]
+
+
+def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Mapping[str, Any],
+               share: tuple[float, ...]) -> str:
+    talk = [p.name for p in plan_rows if p.exchange is not None]
+    where = ", ".join(talk) if talk else "nowhere"
+    if strategy == "columns":
+        return (f"columns: each of {devices} device(s) holds 1/{devices} of every weighted layer's "
+                f"channels, along the towers; devices talk only at {where}")
+    if strategy == "pipeline":
+        m = int(cfg.get("microbatches", 1))
+        bubble = (devices - 1) / (m + devices - 1)
+        return (f"pipeline: {devices} stages of whole layers (shares of {cfg.get('balance', 'flops')}: "
+                f"{', '.join(f'{s:.0%}' for s in share)}), {m} micro-batch(es), idle fraction "
+                f"(D-1)/(M+D-1) = {bubble:.0%}; devices talk only at {where}")
+    return (f"hybrid: conv layers replicated, each of {devices} device(s) takes 1/{devices} of the "
+            f"batch; fully-connected layers sharded by columns; devices talk only at {where}")
+
+
+def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, batch: int,
+           dtype_bytes: int) -> Plan:
+    d = mesh.devices
+    share: tuple[float, ...] = ()
+    microbatches = 1
+    if strategy == "columns":
+        rows = columns(spec, d, str(cfg.get("exchange", "auto")), batch, dtype_bytes)
+    elif strategy == "pipeline":
+        microbatches = int(cfg.get("microbatches", 1))
+        if microbatches < 1 or batch % microbatches:
+            raise PartitionError(f"pipeline: partition.microbatches={microbatches} must be >= 1 and "
+                                 f"divide batch_size={batch}")
+        rows, share = pipeline(spec, d, str(cfg.get("balance", "flops")), cfg.get("boundaries"),
+                               batch, dtype_bytes)
+    elif strategy == "hybrid":
+        rows = hybrid(spec, d, str(cfg.get("exchange", "auto")), batch, dtype_bytes)
+    else:
+        raise PartitionError(f"partition.strategy={strategy!r}; valid: {', '.join(STRATEGIES)}")
+    costs = device_costs(spec, rows, d, batch, dtype_bytes)
+    if mesh.replicas > 1:
+        r = mesh.replicas
+        per_rank = tuple((c.rank, ring_bytes("none", 0, r), ring_bytes("all_reduce", c.param_bytes, r))
+                         for c in costs)
+        rows.append(Placement("replicas", "replicas", (), Exchange(
+            "grads", "none", "all_reduce", (), per_rank[0][1], max(p[2] for p in per_rank), per_rank)))
+    costs = with_bytes_in(costs, rows)
+    return Plan(spec.name, strategy, d, mesh.replicas, batch, microbatches, dtype_bytes, tuple(rows),
+                tuple(costs), _rationale(rows, strategy, d, cfg, share), share, spec.total_params)
+
+
+def make_plan(spec: ModelSpec, partition: Mapping[str, Any], mesh: Mesh, batch_size: int,
+              dtype_bytes: int = 4) -> Plan:
+    """Partition ``spec`` over ``mesh``; ``partition`` is the ``partition`` config group."""
+    unknown = sorted(set(partition) - _KEYS)
+    if unknown:
+        raise PartitionError(f"partition: unknown key(s) {unknown}; valid keys: {sorted(_KEYS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PartitionError(f"batch_size={batch_size!r} must be an integer >= 1")
+    strategy = str(partition.get("strategy", "columns"))
+    if strategy == "auto":
+        from splitnet.partition.auto import choose
+
+        return choose(spec, partition, mesh, batch_size, dtype_bytes, _build)
+    plan = _build(spec, strategy, partition, mesh, batch_size, dtype_bytes)
+    if mesh.device_memory is not None:
+        worst = max(plan.costs, key=lambda c: c.memory_bytes)
+        if worst.memory_bytes > mesh.device_memory:
+            over = worst.memory_bytes - mesh.device_memory
+            raise PartitionError(f"{strategy}: rank {worst.rank} needs {worst.memory_bytes:,} bytes, "
+                                 f"{over:,} more than mesh.device_memory={mesh.device_memory:,}; "
+                                 "use more devices, a smaller batch_size or partition=auto")
+    return plan

@@ -1,0 +1,81 @@
+"""The cost model: what each device holds, computes and receives, from the plan alone.
+
+Per device, for SGD with momentum in float32 (``dtype_bytes``):
+- parameters: the weight rows (and, in reduce mode, input columns) and bias rows of
+  its shards; gradients the same; optimizer state one momentum buffer the same.
+- activations kept for backward: the output of every layer it computes, at its own
+  rows of the batch, plus the whole tensors its exchanges assemble (a gathered input,
+  a partial output before its reduce-scatter).
+- FLOPs: forward FLOPs of its share of each layer, times 3 for forward + backward
+  (backward costs about twice the forward: one product for the input gradient, one
+  for the weight gradient), times its rows of the batch.
+- bytes in: the sum over exchange points of what it receives (see plan.py).
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+from splitnet.partition.plan import DeviceCost, Placement, Shard
+from splitnet.spec import Layer, ModelSpec
+
+
+def shard_params(layer: Layer, shard: Shard) -> int:
+    """Parameters a rank allocates for its shard of ``layer``."""
+    if not layer.weighted:
+        return 0
+    kernel = layer.kernel**2 if layer.op == "conv" else 1
+    out0, out1 = shard.out
+    if shard.cols is not None:  # reduce mode: every output row, only its input columns
+        rows, cols = layer.out, shard.cols[1] - shard.cols[0]
+    else:
+        rows, cols = out1 - out0, layer.in_per_group
+    return rows * cols * kernel + (out1 - out0)
+
+
+def local_rows(placement: Placement, batch: int, devices: int) -> int:
+    return batch // devices if placement.batch_split else batch
+
+
+def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, batch: int,
+                 dtype_bytes: int) -> list[DeviceCost]:
+    """DeviceCost per model-parallel rank; ``bytes_in`` is filled in by ``with_bytes_in``."""
+    costs = []
+    for rank in range(devices):
+        params = act = flops = 0
+        for p in placements:
+            shard = p.shard(rank)
+            if shard is None or p.name not in _names(spec):
+                continue
+            layer = spec.layer(p.name)
+            rows = local_rows(p, batch, devices)
+            params += shard_params(layer, shard)
+            channels = layer.out_shape[0]
+            spatial = prod(layer.out_shape[1:])
+            width = shard.out[1] - shard.out[0]
+            act += rows * width * spatial * dtype_bytes
+            if shard.cols is not None:
+                share = (shard.cols[1] - shard.cols[0]) / layer.in_shape[0]
+                act += rows * channels * spatial * dtype_bytes  # the partial output
+            else:
+                share = width / channels
+            if p.exchange is not None and p.exchange.mode in ("gather", "batch"):
+                # the assembled input: the whole tensor, or one tower's part of it
+                act += rows * prod(layer.in_shape) * dtype_bytes // len(p.exchange.groups)
+            flops += round(3 * layer.flops * share * rows)
+        pbytes = params * dtype_bytes
+        costs.append(DeviceCost(rank, params, pbytes, pbytes, pbytes, act, flops, 0))
+    return costs
+
+
+def _names(spec: ModelSpec) -> set[str]:
+    return {layer.name for layer in spec.layers}
+
+
+def with_bytes_in(costs: list[DeviceCost], placements: list[Placement]) -> list[DeviceCost]:
+    out = []
+    for c in costs:
+        total = sum(sum(p.exchange.received(c.rank)) for p in placements if p.exchange is not None)
+        out.append(DeviceCost(c.rank, c.param_count, c.param_bytes, c.grad_bytes, c.optimizer_bytes,
+                              c.activation_bytes, c.flops, round(total)))
+    return out

@@ -1,0 +1,251 @@
+"""The Plan: the single source of truth for placement, exchanges and their cost.
+
+Which model-parallel rank holds which slice of which layer, where each exchange
+happens and with which collective, and what every device will hold and receive.
+Ranks here are model-parallel ranks 0..D-1; every replica has the same layout.
+The runtime reads a Plan and never decides placement on its own.
+
+Exchange bytes are what each receiving device receives per training step, forward
+and backward, under the ring accounting of NCCL's bus-bandwidth figures: all-gather
+and reduce-scatter of an S-byte tensor over k devices: (k-1)/k * S; all-reduce:
+2(k-1)/k * S; a point-to-point send of S bytes: S, to the receiver only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+# Exchange modes, and the pseudo-layers that carry exchanges of no single spec layer.
+MODES = ("gather", "reduce", "logits", "send", "batch", "grads")
+PSEUDO = ("loss", "conv_grads", "replicas")
+
+
+def ring_bytes(collective: str, nbytes: int, k: int) -> Fraction:
+    """Bytes one device receives when ``collective`` runs on an S-byte tensor over k devices."""
+    if collective in ("all_gather", "reduce_scatter"):
+        return Fraction((k - 1) * nbytes, k)
+    if collective == "all_reduce":
+        return Fraction(2 * (k - 1) * nbytes, k)
+    if collective == "send":
+        return Fraction(nbytes)
+    if collective == "none":
+        return Fraction(0)
+    raise ValueError(f"unknown collective {collective!r}")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """What one rank computes of a layer: output channels [out0, out1), and for a
+    weight held by input columns (reduce mode) the columns [cols0, cols1)."""
+
+    rank: int
+    out: tuple[int, int]
+    cols: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"rank": self.rank, "out_channels": list(self.out)}
+        if self.cols is not None:
+            d["in_columns"] = list(self.cols)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Shard:
+        cols = d.get("in_columns")
+        return cls(int(d["rank"]), tuple(d["out_channels"]), tuple(cols) if cols else None)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One exchange point.
+
+    ``collective`` runs in forward, ``backward`` in backward; ``groups`` are the sets of
+    model-parallel ranks that talk to each other (several disjoint groups run at once,
+    e.g. the devices of each tower). ``per_rank`` overrides the uniform byte figures
+    where devices receive different amounts (point-to-point sends, gradient sums).
+    """
+
+    mode: str
+    collective: str
+    backward: str
+    groups: tuple[tuple[int, ...], ...]
+    bytes_fwd: Fraction
+    bytes_bwd: Fraction
+    per_rank: tuple[tuple[int, Fraction, Fraction], ...] = ()
+
+    def received(self, rank: int) -> tuple[Fraction, Fraction]:
+        """(forward, backward) bytes model-parallel rank ``rank`` receives per step."""
+        if self.per_rank:
+            for r, fwd, bwd in self.per_rank:
+                if r == rank:
+                    return fwd, bwd
+            return Fraction(0), Fraction(0)
+        if any(rank in g for g in self.groups):
+            return self.bytes_fwd, self.bytes_bwd
+        return Fraction(0), Fraction(0)
+
+    def group_of(self, rank: int) -> tuple[int, ...] | None:
+        for g in self.groups:
+            if rank in g:
+                return g
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "collective": self.collective, "backward": self.backward,
+            "groups": [list(g) for g in self.groups],
+            "bytes_fwd": round(self.bytes_fwd), "bytes_bwd": round(self.bytes_bwd),
+            "exact": {"bytes_fwd": str(self.bytes_fwd), "bytes_bwd": str(self.bytes_bwd)},
+            "per_rank": [{"rank": r, "bytes_fwd": round(f), "bytes_bwd": round(b),
+                          "exact": [str(f), str(b)]} for r, f, b in self.per_rank],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Exchange:
+        exact = d.get("exact", {})
+        return cls(
+            d["mode"], d["collective"], d["backward"], tuple(tuple(g) for g in d["groups"]),
+            Fraction(exact.get("bytes_fwd", d["bytes_fwd"])),
+            Fraction(exact.get("bytes_bwd", d["bytes_bwd"])),
+            tuple((int(p["rank"]), Fraction(p["exact"][0]), Fraction(p["exact"][1]))
+                  for p in d.get("per_rank", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One row of the plan: a spec layer (or a pseudo-layer from PSEUDO) and its exchange.
+
+    ``exchange`` happens at the layer's input (gather, batch, send), at its output
+    (reduce, logits) or on its gradients (grads). ``batch_split``: each rank computes
+    its own slice of the batch (hybrid conv layers). ``stage``: pipeline stage.
+    """
+
+    name: str
+    op: str
+    shards: tuple[Shard, ...]
+    exchange: Exchange | None = None
+    batch_split: bool = False
+    stage: int = 0
+
+    def shard(self, rank: int) -> Shard | None:
+        for s in self.shards:
+            if s.rank == rank:
+                return s
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "op": self.op, "shards": [s.to_dict() for s in self.shards],
+                "exchange": self.exchange.to_dict() if self.exchange else None,
+                "batch_split": self.batch_split, "stage": self.stage}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Placement:
+        return cls(d["name"], d["op"], tuple(Shard.from_dict(s) for s in d["shards"]),
+                   Exchange.from_dict(d["exchange"]) if d.get("exchange") else None,
+                   bool(d.get("batch_split", False)), int(d.get("stage", 0)))
+
+
+@dataclass(frozen=True)
+class DeviceCost:
+    rank: int
+    param_count: int
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int
+    flops: int
+    bytes_in: int
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.activation_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "param_count": self.param_count, "param_bytes": self.param_bytes,
+                "grad_bytes": self.grad_bytes, "optimizer_bytes": self.optimizer_bytes,
+                "activation_bytes": self.activation_bytes, "memory_bytes": self.memory_bytes,
+                "flops": self.flops, "bytes_in": self.bytes_in}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DeviceCost:
+        return cls(**{k: int(v) for k, v in d.items() if k != "memory_bytes"})
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    strategy: str
+    devices: int
+    replicas: int
+    batch_size: int
+    microbatches: int
+    dtype_bytes: int
+    layers: tuple[Placement, ...]
+    costs: tuple[DeviceCost, ...] = ()
+    rationale: str = ""
+    stage_share: tuple[float, ...] = ()
+    model_params: int = 0
+    candidates: tuple[dict[str, Any], ...] = ()
+
+    def placement(self, name: str) -> Placement:
+        for p in self.layers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def exchanges(self) -> dict[str, Exchange]:
+        """Every exchange point, by layer (or pseudo-layer) name, in plan order."""
+        return {p.name: p.exchange for p in self.layers if p.exchange is not None}
+
+    def expected(self, rank: int) -> dict[str, tuple[Fraction, Fraction]]:
+        """Per exchange point, the (forward, backward) bytes ``rank`` receives per step."""
+        out = {}
+        for name, ex in self.exchanges().items():
+            fwd, bwd = ex.received(rank)
+            if fwd or bwd:
+                out[name] = (fwd, bwd)
+        return out
+
+    @property
+    def output_rank(self) -> int:
+        """The model-parallel rank that holds the whole logits (and so reports the loss)."""
+        last = [p for p in self.layers if p.op not in PSEUDO][-1]
+        return last.shards[-1].rank if self.strategy == "pipeline" else 0
+
+    @property
+    def total_exchange_bytes(self) -> int:
+        return round(sum(sum(ex.received(r)) for ex in self.exchanges().values()
+                         for r in range(self.devices)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "strategy": self.strategy,
+            "mesh": {"devices": self.devices, "replicas": self.replicas},
+            "batch_size": self.batch_size, "microbatches": self.microbatches,
+            "dtype_bytes": self.dtype_bytes,
+            "layers": [p.to_dict() for p in self.layers],
+            "devices": [c.to_dict() for c in self.costs],
+            "totals": {"params": self.model_params,
+                       "params_held": sum(c.param_count for c in self.costs),
+                       "exchange_bytes_per_step": self.total_exchange_bytes},
+            "rationale": self.rationale, "stage_share": list(self.stage_share),
+            "candidates": list(self.candidates),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        return cls(
+            d["model"], d["strategy"], int(d["mesh"]["devices"]), int(d["mesh"]["replicas"]),
+            int(d["batch_size"]), int(d["microbatches"]), int(d["dtype_bytes"]),
+            tuple(Placement.from_dict(p) for p in d["layers"]),
+            tuple(DeviceCost.from_dict(c) for c in d.get("devices", [])),
+            d.get("rationale", ""), tuple(d.get("stage_share", ())),
+            int(d.get("totals", {}).get("params", 0)), tuple(d.get("candidates", ())),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
