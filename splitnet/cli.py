@@ -75,8 +75,17 @@ def _plan(cfg: dict[str, Any]) -> int:
     return 0
 
 
+def _verify(cfg: dict[str, Any]) -> int:
+    from splitnet.report import verify_table
+    from splitnet.verify import run_verify
+
+    report = run_verify(cfg)
+    print(json.dumps(report) if cfg.get("format") == "json" else verify_table(report))
+    return 0 if report["ok"] else 1
+
+
 def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
-    return {"describe": _describe, "plan": _plan}
+    return {"describe": _describe, "plan": _plan, "verify": _verify}
 
 
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:

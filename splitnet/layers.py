@@ -49,12 +49,19 @@ class GroupedLinear(nn.Module):
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups == 1:
-            return F.linear(x, self.weight, self.bias)
-        g = self.groups
-        out, per = self.weight.shape
-        y = torch.einsum("bgi,goi->bgo", x.reshape(x.shape[0], g, per), self.weight.view(g, out // g, per))
-        return y.reshape(x.shape[0], out) + self.bias
+        return grouped_linear(x, self.weight, self.bias, self.groups)
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   groups: int) -> torch.Tensor:
+    """y = x W^T + b with a block-diagonal W of ``groups`` blocks (weight: out x in/groups)."""
+    if groups == 1:
+        return F.linear(x, weight, bias)
+    out, per = weight.shape
+    blocks = weight.view(groups, out // groups, per)
+    y = torch.einsum("bgi,goi->bgo", x.reshape(x.shape[0], groups, per), blocks)
+    y = y.reshape(x.shape[0], out)
+    return y if bias is None else y + bias
 
 
 class SeededDropout(nn.Module):
@@ -63,20 +70,25 @@ class SeededDropout(nn.Module):
     ``channels`` is this module's slice of the full feature dimension (start, stop, total);
     ``set_step`` tells it the step and which rows of the full batch it is computing, so
     a rank holding channels 48..95 of rows 32..63 applies the reference's mask there.
+    ``rows_part``: this module sees the ``rows_part``-th equal slice of those rows
+    (hybrid conv layers, where each device takes its own part of the batch).
     """
 
-    def __init__(self, p: float, seed: int, layer: str, channels: tuple[int, int, int]) -> None:
+    def __init__(self, p: float, seed: int, layer: str, channels: tuple[int, int, int],
+                 rows_part: int = 0) -> None:
         super().__init__()
         self.p, self.seed, self.layer, self.channels = p, seed, layer, channels
+        self.rows_part = rows_part
         self.step, self.row_offset, self.full_batch = 0, 0, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
         start, stop, total = self.channels
-        rows = self.full_batch or x.shape[0]
+        first = self.row_offset + self.rows_part * x.shape[0]
+        rows = self.full_batch or first + x.shape[0]
         keep = dropout_keep(self.seed, self.layer, self.step, (rows, total, *x.shape[2:]), self.p)
-        keep = keep[self.row_offset:self.row_offset + x.shape[0], start:stop]
+        keep = keep[first:first + x.shape[0], start:stop]
         return x * keep.to(x.device) / (1.0 - self.p)
 
     def extra_repr(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from splitnet.partition.plan import Exchange, Placement, Plan
 from splitnet.spec import ModelSpec
@@ -112,3 +113,25 @@ def candidates_table(plan: Plan) -> str:
                      ("chosen" if c.get("chosen") else "fits") if c["fits"] else "does not fit"))
     return "candidates:\n" + table(["strategy", "options", "step ms", "compute ms", "comm ms",
                                     "memory/device", ""], rows, right=(2, 3, 4, 5))
+
+
+def verify_table(report: dict[str, Any]) -> str:
+    head = (f"verify {report['model']}: {report['strategy']} over {report['mesh']['devices']} device(s) x "
+            f"{report['mesh']['replicas']} replica(s), {report['steps']} SGD steps at batch "
+            f"{report['batch_size']} per replica")
+    diffs = table(["compared", "max abs diff", "max rel diff", "tolerance", ""],
+                  [(k, f"{report['max_abs_diff'][k]:.3g}", f"{report['max_rel_diff'][k]:.3g}",
+                    f"{report['tolerance'][k]:.3g}",
+                    "ok" if report["max_abs_diff"][k] <= report["tolerance"][k] else "DIFFERENT")
+                   for k in ("logits", "loss", "grads", "params")], right=(1, 2, 3))
+    ex = table(["exchange", "planned bytes/step", "measured bytes/step", "calls/step", ""],
+               [(e["layer"], f"{e['planned_bytes']:,}", f"{e['measured_bytes']:,}", e["calls"],
+                 "ok" if e["ok"] else "MISMATCH: " + "; ".join(e["mismatches"])) for e in report["exchanges"]],
+               right=(1, 2, 3))
+    pb = table(["rank", "planned param bytes", "allocated", ""],
+               [(r["rank"], f"{r['planned']:,}", f"{r['allocated']:,}",
+                 "ok" if r["planned"] == r["allocated"] else "MISMATCH") for r in report["param_bytes"]],
+               right=(1, 2))
+    verdict = "OK: the split equals the reference and moves exactly what the plan says" if report["ok"] \
+        else "FAILED"
+    return "\n".join([head, "", diffs, "", ex or "(no exchanges)", "", pb, "", verdict])

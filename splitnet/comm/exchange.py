@@ -1,0 +1,140 @@
+"""The exchange operations: the only code that moves activations or gradients.
+
+Each forward collective is paired with the backward that makes the gradient exact:
+
+| function        | forward                       | backward                               |
+| --------------- | ----------------------------- | -------------------------------------- |
+| gather          | all-gather shards along dim   | reduce-scatter: sum the partial grads  |
+| gather_logits   | all-gather shards along dim   | keep own slice (every rank's loss is   |
+|                 |                               | the same, so its gradient already is)  |
+| reduce_scatter  | reduce-scatter partial sums   | all-gather the output gradient         |
+| all_reduce      | all-reduce partial sums       | identity (same reasoning as logits)    |
+
+plus point-to-point activation/gradient transfer for pipeline stages and the gradient
+all-reduce for replicated weights. Layers call these through a ``Link`` bound to one
+exchange point of the plan; nothing else in splitnet issues a collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from splitnet.comm.transport import Transport
+
+
+@dataclass(frozen=True)
+class Link:
+    """One exchange point: the transport, the layer it belongs to, the ranks that talk."""
+
+    transport: Transport
+    layer: str
+    ranks: tuple[int, ...]
+
+    @property
+    def index(self) -> int:
+        return self.ranks.index(self.transport.mp_rank)
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, link: Link, dim: int, replicated_grad: bool) -> torch.Tensor:
+        ctx.link, ctx.dim, ctx.replicated_grad, ctx.size = link, dim, replicated_grad, x.shape[dim]
+        return link.transport.all_gather(x, link.ranks, link.layer, "fwd", dim)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        link: Link = ctx.link
+        if ctx.replicated_grad:
+            return grad.narrow(ctx.dim, link.index * ctx.size, ctx.size).contiguous(), None, None, None
+        return link.transport.reduce_scatter(grad, link.ranks, link.layer, "bwd", ctx.dim), None, None, None
+
+
+class _ReduceScatter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, link: Link) -> torch.Tensor:
+        ctx.link = link
+        return link.transport.reduce_scatter(x, link.ranks, link.layer, "fwd", 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        link: Link = ctx.link
+        return link.transport.all_gather(grad, link.ranks, link.layer, "bwd", 1), None
+
+
+class _AllReduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, link: Link) -> torch.Tensor:
+        t = link.transport
+        return t.all_reduce(x.clone(), t.group(link.ranks), len(link.ranks), link.layer, "fwd")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return grad, None
+
+
+def gather(x: torch.Tensor, link: Link, dim: int = 1) -> torch.Tensor:
+    """All-gather the shards of ``x`` along ``dim`` (channels, or the batch for hybrid)."""
+    return _Gather.apply(x, link, dim, False)
+
+
+def gather_logits(x: torch.Tensor, link: Link) -> torch.Tensor:
+    """All-gather sharded logits for a loss that every rank computes identically."""
+    return _Gather.apply(x, link, 1, True)
+
+
+def reduce_scatter(x: torch.Tensor, link: Link) -> torch.Tensor:
+    """Sum partial outputs over the ranks; each keeps its own channel shard."""
+    return _ReduceScatter.apply(x, link)
+
+
+def all_reduce(x: torch.Tensor, link: Link) -> torch.Tensor:
+    """Sum partial outputs over the ranks; every rank keeps the whole result."""
+    return _AllReduce.apply(x, link)
+
+
+def send_activation(x: torch.Tensor, transport: Transport, dst: int, tag: int) -> Any:
+    return transport.send(x.detach(), dst, tag)
+
+
+def recv_activation(shape: tuple[int, ...], transport: Transport, src: int, tag: int,
+                    layer: str) -> torch.Tensor:
+    return transport.recv(shape, src, tag, layer, "fwd")
+
+
+def send_gradient(grad: torch.Tensor, transport: Transport, dst: int, tag: int) -> Any:
+    return transport.send(grad, dst, tag)
+
+
+def recv_gradient(shape: tuple[int, ...], transport: Transport, src: int, tag: int,
+                  layer: str) -> torch.Tensor:
+    return transport.recv(shape, src, tag, layer, "bwd")
+
+
+BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size: few calls, little extra memory
+
+
+def all_reduce_grads(params: Iterable[nn.Parameter], transport: Transport, group: Any, k: int,
+                     layer: str, average: bool) -> None:
+    """Sum (or average) gradients over a group in flat buckets: replicated conv weights
+    (hybrid, within the model-parallel group) or whole shards (over replicas)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for i, g in enumerate(grads):
+        bucket.append(g)
+        size += g.numel() * g.element_size()
+        if size >= BUCKET_BYTES or i == len(grads) - 1:
+            flat = torch.cat([b.reshape(-1) for b in bucket])
+            transport.all_reduce(flat, group, k, layer, "bwd")
+            if average:
+                flat /= k
+            offset = 0
+            for b in bucket:
+                b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
+            bucket, size = [], 0

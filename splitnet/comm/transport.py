@@ -1,0 +1,119 @@
+"""The Transport: torch.distributed process groups for one rank of a mesh.
+
+gloo on CPU, NCCL on CUDA (tensors on ``cuda:LOCAL_RANK``). Every group an exchange
+needs is created once, up front, by every rank in the same order (a torch.distributed
+rule): each replica's model-parallel group, each tower's device set, each pipeline
+pair, and the data-parallel groups. Exchanges name groups by model-parallel ranks; the
+transport maps them to this replica's global ranks.
+
+Every wait carries ``comm.timeout_s``: a peer that never arrives turns into a
+``StalledExchange`` that names this rank, the layer and the collective.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from splitnet.comm.meter import Meter
+from splitnet.errors import SplitnetError
+from splitnet.partition.mesh import Mesh
+from splitnet.partition.plan import Plan
+
+
+class StalledExchange(SplitnetError, RuntimeError):
+    pass
+
+
+class Transport:
+    def __init__(self, plan: Plan, rank: int, device: torch.device | None = None,
+                 timeout_s: float = 300.0) -> None:
+        self.mesh = Mesh(plan.devices, plan.replicas)
+        self.rank = rank
+        self.replica, self.mp_rank = self.mesh.coords(rank)
+        self.device = device or torch.device("cpu")
+        self.timeout = timedelta(seconds=timeout_s)
+        self.meter = Meter()
+        self._groups: dict[tuple[int, ...], Any] = {}
+        self.replica_group: Any = None
+        if not dist.is_initialized():
+            if self.mesh.world_size != 1:
+                raise SplitnetError(f"a mesh of {self.mesh.world_size} ranks needs torch.distributed "
+                                    "initialised by a launcher")
+            return
+        if dist.get_world_size() != self.mesh.world_size:
+            raise SplitnetError(f"the plan's mesh has {self.mesh.world_size} ranks (replicas "
+                                f"{plan.replicas} x devices {plan.devices}) but the launcher started "
+                                f"{dist.get_world_size()}")
+        wanted = {tuple(range(plan.devices))}
+        for ex in plan.exchanges().values():
+            wanted.update(g for g in ex.groups if len(g) > 1)
+        for mp_ranks in sorted(wanted, key=lambda g: (len(g), g)):
+            for replica in range(self.mesh.replicas):
+                ranks = [self.mesh.rank(replica, r) for r in mp_ranks]
+                group = dist.new_group(ranks, timeout=self.timeout) if len(ranks) > 1 else None
+                if replica == self.replica:
+                    self._groups[mp_ranks] = group
+        for device in range(self.mesh.devices):
+            ranks = self.mesh.replica_group(device)
+            group = dist.new_group(ranks, timeout=self.timeout) if len(ranks) > 1 else None
+            if device == self.mp_rank:
+                self.replica_group = group
+
+    def global_rank(self, mp_rank: int) -> int:
+        return self.mesh.rank(self.replica, mp_rank)
+
+    def group(self, mp_ranks: tuple[int, ...]) -> Any:
+        if mp_ranks not in self._groups:
+            raise SplitnetError(f"rank {self.rank}: no process group for model-parallel ranks {mp_ranks}; "
+                                "the plan did not declare it")
+        return self._groups[mp_ranks]
+
+    def wait(self, work: Any, layer: str, what: str) -> None:
+        try:
+            work.wait(self.timeout)
+        except RuntimeError as exc:
+            raise StalledExchange(
+                f"rank {self.rank}: the {what} at layer {layer!r} did not complete within "
+                f"comm.timeout_s={self.timeout.total_seconds():g}s: a peer stalled or died ({exc})"
+            ) from exc
+
+    # The collectives. Only comm/exchange.py calls these.
+
+    def all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
+                   dim: int) -> torch.Tensor:
+        k = len(mp_ranks)
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(k)]
+        self.wait(dist.all_gather(parts, x, group=self.group(mp_ranks), async_op=True), layer, "all_gather")
+        self.meter.record(layer, direction, "all_gather", x.numel() * x.element_size() * k, k)
+        return torch.cat(parts, dim=dim)
+
+    def reduce_scatter(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
+                       dim: int) -> torch.Tensor:
+        k = len(mp_ranks)
+        parts = [p.contiguous() for p in x.chunk(k, dim=dim)]
+        out = torch.empty_like(parts[0])
+        self.wait(dist.reduce_scatter(out, parts, group=self.group(mp_ranks), async_op=True), layer,
+                  "reduce_scatter")
+        self.meter.record(layer, direction, "reduce_scatter", x.numel() * x.element_size(), k)
+        return out
+
+    def all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> torch.Tensor:
+        x = x.contiguous()
+        self.wait(dist.all_reduce(x, group=group, async_op=True), layer, "all_reduce")
+        self.meter.record(layer, direction, "all_reduce", x.numel() * x.element_size(), k)
+        return x
+
+    def send(self, x: torch.Tensor, mp_dst: int, tag: int) -> Any:
+        """Start sending; the receiver meters the bytes. Returns the work to wait on later."""
+        return dist.isend(x.contiguous(), dst=self.global_rank(mp_dst), tag=tag)
+
+    def recv(self, shape: tuple[int, ...], mp_src: int, tag: int, layer: str, direction: str) -> torch.Tensor:
+        x = torch.empty(shape, device=self.device)
+        self.wait(dist.irecv(x, src=self.global_rank(mp_src), tag=tag), layer, "receive")
+        self.meter.record(layer, direction, "send", x.numel() * x.element_size(), 2)
+        return x

@@ -1,0 +1,105 @@
+"""``launcher=simulate``: N CPU processes on this machine stand in for N devices.
+
+Each process joins a gloo process group on 127.0.0.1 (a free port), gets
+max(1, cores // N) intra-op threads, and calls the worker function. The first worker
+to fail stops all the others, and its exception and traceback are raised here
+(``WorkerFailed``) with its rank; Ctrl-C or the parent's death leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from splitnet.errors import SplitnetError
+
+Job = Callable[[int, int, dict[str, Any]], Any]
+
+
+class WorkerFailed(SplitnetError, RuntimeError):
+    def __init__(self, rank: int, detail: str) -> None:
+        super().__init__(f"rank {rank} failed:\n{detail}")
+        self.rank = rank
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _entry(job: Job, rank: int, world: int, cfg: dict[str, Any], port: int, threads: int,
+           timeout_s: float, out: str) -> None:
+    _die_with_parent()
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
+                       "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")})
+    torch.set_num_threads(threads)
+    try:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_s))
+        result = job(rank, world, cfg)
+        torch.save(result, Path(out) / f"rank{rank}.pt")
+        dist.destroy_process_group()
+    except BaseException as exc:  # report everything, including KeyboardInterrupt, then die
+        detail = "".join(traceback.format_exception(exc))
+        (Path(out) / f"rank{rank}.err").write_text(detail)
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def launch(job: Job, world_size: int, cfg: dict[str, Any], *, threads: int | None = None,
+           timeout_s: float = 300.0) -> list[Any]:
+    """Run ``job(rank, world_size, cfg)`` in ``world_size`` processes; return their results by rank."""
+    threads = threads or max(1, (os.cpu_count() or 1) // world_size)
+    port = free_port()
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="splitnet-sim-") as out:
+        procs = [ctx.Process(target=_entry, name=f"splitnet-rank{r}",
+                             args=(job, r, world_size, cfg, port, threads, timeout_s, out))
+                 for r in range(world_size)]
+        try:
+            for p in procs:
+                p.start()
+            running = {p.sentinel: (r, p) for r, p in enumerate(procs)}
+            while running:
+                for sentinel in multiprocessing.connection.wait(list(running)):
+                    rank, proc = running.pop(sentinel)
+                    proc.join()
+                    if proc.exitcode != 0:
+                        err = Path(out) / f"rank{rank}.err"
+                        detail = err.read_text() if err.exists() else f"exit code {proc.exitcode}"
+                        raise WorkerFailed(rank, detail)
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]

@@ -1,0 +1,79 @@
+"""The pipeline schedule: GPipe fill-drain over M micro-batches.
+
+``clock_cycles`` is the schedule as a pure function (which micro-batch each stage
+works on at each tick); ``gpipe_step`` runs one stage of it. Forward: every stage
+runs all M micro-batches in order, receiving each input from the stage before and
+sending each output on (sends are asynchronous, so a stage never waits for its
+successor). Backward: in reverse order, receiving each output gradient from the next
+stage and sending the input gradient back. Each micro-batch's loss is its summed
+cross-entropy divided by the whole batch, so the accumulated gradient is exactly the
+full-batch gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from splitnet.comm.exchange import recv_activation, recv_gradient, send_activation, send_gradient
+from splitnet.comm.transport import Transport
+from splitnet.layers import set_step
+from splitnet.runtime.shard import ShardNet
+
+
+def clock_cycles(microbatches: int, stages: int) -> list[list[tuple[int, int]]]:
+    """The forward fill: at tick t, stage s works on micro-batch t - s (pairs (m, s))."""
+    return [[(t - s, s) for s in range(stages) if 0 <= t - s < microbatches]
+            for t in range(microbatches + stages - 1)]
+
+
+def gpipe_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: Transport, step: int,
+               row_offset: int, full_batch: int,
+               loss_fn: Callable[..., torch.Tensor] = F.cross_entropy) -> tuple[torch.Tensor | None,
+                                                                                   torch.Tensor | None]:
+    """One training step of this stage; returns (loss, logits) on the last stage, else (None, None)."""
+    plan, spec = shard.plan, shard.spec
+    stage, stages, m_count = shard.mp_rank, plan.devices, plan.microbatches
+    batch = x.shape[0]
+    mb = batch // m_count
+    mine = [p for p in plan.layers if p.shard(stage) is not None]
+    first_layer = spec.layer(mine[0].name)
+    next_layer = next((p.name for p in plan.layers if p.shard(stage + 1) is not None), None)
+    out_shape = tuple(spec.layer(mine[-1].name).out_shape)
+    if next_layer is not None and out_shape[1:] == (1, 1):
+        out_shape = out_shape[:1]
+    in_shape = tuple(first_layer.in_shape)
+    if stage > 0 and in_shape[1:] == (1, 1):
+        in_shape = in_shape[:1]
+    inputs, outputs, pending = [], [], []
+    for m in range(m_count):
+        set_step(shard, step, row_offset + m * mb, full_batch)
+        if stage == 0:
+            inp = x[m * mb:(m + 1) * mb]
+        else:
+            inp = recv_activation((mb, *in_shape), transport, stage - 1, m, mine[0].name)
+            inp.requires_grad_(True)
+        out = shard(inp)
+        if stage < stages - 1:
+            pending.append(send_activation(out, transport, stage + 1, m))
+        inputs.append(inp)
+        outputs.append(out)
+    losses = []
+    if stage == stages - 1:
+        for m in range(m_count):
+            losses.append(loss_fn(outputs[m], y[m * mb:(m + 1) * mb], reduction="sum") / batch)
+    for m in reversed(range(m_count)):
+        if stage == stages - 1:
+            losses[m].backward()
+        else:
+            grad = recv_gradient(tuple(outputs[m].shape), transport, stage + 1, m_count + m, next_layer or "")
+            outputs[m].backward(grad)
+        if stage > 0:
+            pending.append(send_gradient(inputs[m].grad, transport, stage - 1, m_count + m))
+    for work in pending:
+        transport.wait(work, mine[0].name, "send")
+    if stage == stages - 1:
+        return torch.stack(losses).sum().detach(), torch.cat([o.detach() for o in outputs])
+    return None, None

@@ -1,0 +1,176 @@
+"""``splitnet verify``: prove a split equal to the single-device reference, and its
+exchanges equal to the plan's, by running both.
+
+The plan's ranks run K SGD-momentum steps as CPU processes (launcher=simulate) on
+random batches of the spec's input shape; the reference runs the same K steps here.
+Compared: logits, loss, every parameter's gradient at every step, and the parameters
+after K steps (max absolute difference, and relative to the largest reference value);
+per rank and step, the meter's bytes at every layer against the plan's, exactly.
+
+Tolerance: float32 round-off. A split sums the same products in another order
+(gathered vs grouped convolutions, partial sums reduced across ranks), so values differ
+in the last bits: a difference passes if it is at most ``verify.atol +
+verify.rtol * max|reference|`` (defaults 1e-6 and 1e-4; float32's epsilon is 1.2e-7,
+and a few thousand-term sums lose a few hundred ulps at worst).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from splitnet.partition import Mesh, make_plan
+from splitnet.partition.plan import Plan
+from splitnet.seeding import stream_seed
+from splitnet.spec import ModelSpec, load_spec
+
+
+def verify_batch(spec: ModelSpec, seed: int, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole (all replicas) batch of step ``step``: N(0,1) images, uniform labels."""
+    gen = torch.Generator().manual_seed(stream_seed(seed, "verify", step))
+    x = torch.randn((batch, *spec.input_shape), generator=gen)
+    y = torch.randint(0, spec.num_classes, (batch,), generator=gen)
+    return x, y
+
+
+def _optimizer(params: Any, vcfg: dict[str, Any]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=vcfg["lr"], momentum=vcfg["momentum"],
+                           weight_decay=vcfg["weight_decay"])
+
+
+def verify_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One rank of a verify run (any launcher can call this)."""
+    from splitnet.comm import Transport
+    from splitnet.runtime import build_shard, forward_backward
+
+    spec = load_spec(cfg["model"])
+    plan = Plan.from_dict(cfg["plan"])
+    vcfg = cfg["verify"]
+    transport = Transport(plan, rank, timeout_s=cfg["comm"]["timeout_s"])
+    shard = build_shard(spec, plan, rank, seed=cfg["seed"], transport=transport)
+    opt = _optimizer(shard.parameters(), vcfg)
+    batch = plan.batch_size
+    steps = []
+    for k in range(vcfg["steps"]):
+        x, y = verify_batch(spec, cfg["seed"], k, batch * plan.replicas)
+        rows = slice(transport.replica * batch, (transport.replica + 1) * batch)
+        opt.zero_grad(set_to_none=True)
+        transport.meter.reset()
+        result = forward_backward(shard, x[rows], y[rows], transport, step=k)
+        record: dict[str, Any] = {
+            "grads": {n: p.grad.detach().clone() for n, p in shard.named_parameters() if p.grad is not None},
+            "meter": {layer: {"fwd": str(v["fwd"]), "bwd": str(v["bwd"]), "calls": v["calls"]}
+                      for layer, v in transport.meter.per_layer().items()},
+        }
+        if result.logits is not None and transport.mp_rank == plan.output_rank:
+            record["logits"], record["loss"] = result.logits, result.loss
+        steps.append(record)
+        opt.step()
+    return {"rank": rank, "steps": steps,
+            "params": {n: p.detach().clone() for n, p in shard.named_parameters()},
+            "param_bytes": sum(p.numel() * p.element_size() for p in shard.parameters())}
+
+
+def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    abs_diff = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+    return abs_diff, float(b.double().abs().max()) if b.numel() else 0.0
+
+
+def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
+    from splitnet.launchers.simulate import launch
+    from splitnet.layers import set_step
+    from splitnet.reference import build_reference
+    from splitnet.runtime import merge_state
+
+    spec = load_spec(cfg["model"])
+    vcfg = cfg["verify"]
+    mesh = Mesh.from_dict(cfg["mesh"])
+    plan = make_plan(spec, cfg["partition"], mesh, vcfg["batch_size"], cfg.get("dtype_bytes", 4))
+    job_cfg = {**cfg, "plan": plan.to_dict()}
+    results = launch(verify_worker, mesh.world_size, job_cfg, timeout_s=cfg["comm"]["timeout_s"] + 60)
+
+    ref = build_reference(spec, cfg["seed"]).train()
+    opt = _optimizer(ref.parameters(), vcfg)
+    total = plan.batch_size * plan.replicas
+    worst: dict[str, list[float]] = {k: [0.0, 0.0] for k in ("logits", "loss", "grads", "params")}
+
+    def note(key: str, split: torch.Tensor, reference: torch.Tensor) -> None:
+        d, scale = _diff(split, reference)
+        worst[key][0] = max(worst[key][0], d)
+        worst[key][1] = max(worst[key][1], scale)
+
+    d = plan.devices
+    for k in range(vcfg["steps"]):
+        x, y = verify_batch(spec, cfg["seed"], k, total)
+        opt.zero_grad(set_to_none=True)
+        set_step(ref, k, 0, total)
+        logits = ref(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        outs = [results[r * d + plan.output_rank]["steps"][k] for r in range(plan.replicas)]
+        note("logits", torch.cat([o["logits"] for o in outs]), logits.detach())
+        note("loss", torch.stack([o["loss"] for o in outs]).mean(), loss.detach())
+        grads = {n: p.grad for n, p in ref.named_parameters()}
+        for r in range(plan.replicas):
+            merged = merge_state(plan, [results[r * d + m]["steps"][k]["grads"] for m in range(d)])
+            for name, g in grads.items():
+                note("grads", merged[name], g)
+        opt.step()
+    for r in range(plan.replicas):
+        merged = merge_state(plan, [results[r * d + m]["params"] for m in range(d)])
+        for name, p in ref.named_parameters():
+            note("params", merged[name], p.detach())
+
+    tol = {key: vcfg["atol"] + vcfg["rtol"] * scale for key, (_, scale) in worst.items()}
+    values_ok = all(worst[key][0] <= tol[key] for key in worst)
+    exchanges, traffic_ok = _compare_traffic(plan, results, vcfg["steps"])
+    param_rows = [{"rank": res["rank"], "planned": plan.costs[res["rank"] % d].param_bytes,
+                   "allocated": res["param_bytes"]} for res in results]
+    params_ok = all(row["planned"] == row["allocated"] for row in param_rows)
+    return {
+        "ok": values_ok and traffic_ok and params_ok,
+        "model": spec.name, "strategy": plan.strategy,
+        "mesh": {"devices": plan.devices, "replicas": plan.replicas},
+        "steps": vcfg["steps"], "batch_size": plan.batch_size,
+        "max_abs_diff": {key: v[0] for key, v in worst.items()},
+        "max_rel_diff": {key: (v[0] / v[1] if v[1] else 0.0) for key, v in worst.items()},
+        "tolerance": tol,
+        "exchanges": exchanges,
+        "param_bytes": param_rows,
+    }
+
+
+def _compare_traffic(plan: Plan, results: list[dict[str, Any]], steps: int) -> tuple[list[dict[str, Any]], bool]:
+    """Per layer, planned vs measured bytes (all ranks, per step) and calls; exact per rank and step."""
+    ok = True
+    planned: dict[str, Fraction] = {}
+    measured: dict[str, Fraction] = {}
+    calls: dict[str, int] = {}
+    mismatches: dict[str, list[str]] = {}
+    for res in results:
+        mp = res["rank"] % plan.devices
+        expected = plan.expected(mp)
+        for layer, (fwd, bwd) in expected.items():
+            planned[layer] = planned.get(layer, Fraction(0)) + fwd + bwd
+        for k, step in enumerate(res["steps"]):
+            seen = {layer: (Fraction(v["fwd"]), Fraction(v["bwd"])) for layer, v in step["meter"].items()}
+            for layer in set(seen) | set(expected):
+                want = expected.get(layer, (Fraction(0), Fraction(0)))
+                got = seen.get(layer, (Fraction(0), Fraction(0)))
+                if k == 0:
+                    measured[layer] = measured.get(layer, Fraction(0)) + sum(got)
+                    calls[layer] = calls.get(layer, 0) + step["meter"].get(layer, {}).get("calls", 0)
+                if got != want:
+                    ok = False
+                    mismatches.setdefault(layer, []).append(
+                        f"rank {res['rank']} step {k}: planned fwd/bwd {float(want[0]):.0f}/{float(want[1]):.0f}"
+                        f", measured {float(got[0]):.0f}/{float(got[1]):.0f}")
+    order = [p.name for p in plan.layers]
+    names = sorted(set(planned) | set(measured), key=lambda n: order.index(n) if n in order else len(order))
+    rows = [{"layer": n, "planned_bytes": round(planned.get(n, 0)), "measured_bytes": round(measured.get(n, 0)),
+             "calls": calls.get(n, 0), "ok": n not in mismatches, "mismatches": mismatches.get(n, [])[:4]}
+            for n in names]
+    return rows, ok
