@@ -84,8 +84,22 @@ def _verify(cfg: dict[str, Any]) -> int:
     return 0 if report["ok"] else 1
 
 
+def _train(cfg: dict[str, Any]) -> int:
+    from hydra.core.hydra_config import HydraConfig
+
+    from splitnet.train.job import run_train
+
+    run_dir = Path(cfg["train"].get("run_dir") or HydraConfig.get().runtime.output_dir)
+    out = run_train(cfg, run_dir)
+    final = out["final"]
+    print(f"final held-out top-1 accuracy: {final['top1']:.2%} (top-5 {final['top5']:.2%}, "
+          f"{final['val_samples']} images, epoch {final['epoch'] + 1}, step {final['step']})")
+    print(f"run folder: {out['run_dir']} (metrics.jsonl, curves.png, plan.png, checkpoints/, logs/)")
+    return 0
+
+
 def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
-    return {"describe": _describe, "plan": _plan, "verify": _verify}
+    return {"describe": _describe, "plan": _plan, "verify": _verify, "train": _train}
 
 
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:

@@ -115,6 +115,18 @@ def recv_gradient(shape: tuple[int, ...], transport: Transport, src: int, tag: i
     return transport.recv(shape, src, tag, layer, "bwd")
 
 
+def share_metrics(values: torch.Tensor, transport: Transport, src: int) -> torch.Tensor:
+    """Evaluation counts from the model-parallel rank that holds the logits to the others
+    (a pipeline's earlier stages need the validation error for the lr schedule).
+    Metered as layer "eval"; it never runs inside a training step."""
+    devices = transport.mesh.devices
+    if devices == 1:
+        return values
+    if transport.mp_rank != src:
+        values = torch.zeros_like(values)
+    return transport.all_reduce(values.clone(), transport.group(tuple(range(devices))), devices, "eval", "fwd")
+
+
 BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size: few calls, little extra memory
 
 

@@ -81,6 +81,11 @@ class Transport:
                 f"comm.timeout_s={self.timeout.total_seconds():g}s: a peer stalled or died ({exc})"
             ) from exc
 
+    def barrier(self, what: str) -> None:
+        """Wait for every rank (no payload, not metered): e.g. all checkpoint shards written."""
+        if dist.is_initialized() and self.mesh.world_size > 1:
+            self.wait(dist.barrier(async_op=True), what, "barrier")
+
     # The collectives. Only comm/exchange.py calls these.
 
     def all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,

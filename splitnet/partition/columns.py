@@ -73,11 +73,12 @@ def tower_groups(devices: int, groups: int) -> tuple[tuple[int, ...], ...]:
 
 
 def shard_columns(spec: ModelSpec, layers: Sequence[Layer], devices: int, exchange: str,
-                  rows: int, dtype_bytes: int, sharded_input: bool) -> tuple[list[Placement], bool]:
+                  rows: int, dtype_bytes: int, sharded_input: bool,
+                  strategy: str = "columns") -> tuple[list[Placement], bool]:
     """Column-shard a run of layers; returns the placements and whether the output is sharded."""
     if exchange not in ("gather", "reduce", "auto"):
         raise PartitionError(f"partition.exchange={exchange!r}; valid: gather, reduce, auto")
-    check_devices(spec, layers, devices, "columns")
+    check_devices(spec, layers, devices, strategy)
     everyone = (tuple(range(devices)),)
     last_name = spec.layers[-1].name
     placements: list[Placement] = []

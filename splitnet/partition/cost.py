@@ -44,6 +44,8 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
     for rank in range(devices):
         params = act = flops = 0
         for p in placements:
+            if p.name == "loss" and p.exchange is not None and p.exchange.group_of(rank) is not None:
+                act += batch * prod(spec.layers[-1].out_shape) * dtype_bytes  # the gathered logits
             shard = p.shard(rank)
             if shard is None or p.name not in _names(spec):
                 continue
@@ -59,8 +61,8 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
                 act += rows * channels * spatial * dtype_bytes  # the partial output
             else:
                 share = width / channels
-            if p.exchange is not None and p.exchange.mode in ("gather", "batch"):
-                # the assembled input: the whole tensor, or one tower's part of it
+            if p.exchange is not None and p.exchange.mode in ("gather", "batch", "send"):
+                # the assembled (or received) input: the whole tensor, or one tower's part of it
                 act += rows * prod(layer.in_shape) * dtype_bytes // len(p.exchange.groups)
             flops += round(3 * layer.flops * share * rows)
         pbytes = params * dtype_bytes

@@ -32,7 +32,7 @@ def hybrid(spec: ModelSpec, devices: int, exchange: str, batch: int, dtype_bytes
                            batch_split=True)
                  for layer in spec.layers[:first_fc]]
     fc_part, sharded = shard_columns(spec, spec.layers[first_fc:], devices, exchange, batch, dtype_bytes,
-                                     sharded_input=False)
+                                     sharded_input=False, strategy="hybrid")
     if devices > 1:
         fc = spec.layers[first_fc]
         s = batch * prod(fc.in_shape) * dtype_bytes

@@ -52,9 +52,11 @@ class Mesh:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MeshError(f"mesh.{key}={value!r} must be an integer >= 1")
         for key in ("link_gbps", "device_tflops"):
-            if not getattr(self, key) > 0:
-                raise MeshError(f"mesh.{key}={getattr(self, key)!r} must be > 0")
-        if self.device_memory is not None and self.device_memory <= 0:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise MeshError(f"mesh.{key}={value!r} must be > 0")
+        if self.device_memory is not None and not (isinstance(self.device_memory, int)
+                                                   and self.device_memory > 0):
             raise MeshError(f"mesh.device_memory={self.device_memory!r} must be > 0")
 
     @property

@@ -45,6 +45,8 @@ def stage_starts(spec: ModelSpec, stages: int, balance: str, boundaries: Sequenc
     if stages > n:
         raise PartitionError(f"pipeline: mesh.devices={stages} stages but {spec.name} has only {n} "
                              f"layers; use mesh.devices <= {n}")
+    if isinstance(boundaries, str):  # `partition.boundaries=fc6` on the command line: one name
+        boundaries = [boundaries]
     if boundaries:
         names = [layer.name for layer in spec.layers]
         if len(boundaries) != stages - 1:

@@ -29,31 +29,50 @@ def clock_cycles(microbatches: int, stages: int) -> list[list[tuple[int, int]]]:
             for t in range(microbatches + stages - 1)]
 
 
+def _stage_shapes(shard: ShardNet) -> tuple[str, str | None, tuple[int, ...], tuple[int, ...]]:
+    """(first layer, next stage's first layer, input shape, output shape) of this stage."""
+    plan, spec, stage = shard.plan, shard.spec, shard.mp_rank
+    mine = [p for p in plan.layers if p.shard(stage) is not None]
+    nxt = next((p.name for p in plan.layers if p.shard(stage + 1) is not None), None)
+    in_shape = tuple(spec.layer(mine[0].name).in_shape)
+    out_shape = tuple(spec.layer(mine[-1].name).out_shape)
+    return mine[0].name, nxt, _tensor_shape(in_shape), _tensor_shape(out_shape)
+
+
+def _tensor_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A spec shape (C, H, W) as a per-sample tensor shape: flat activations are (C,)."""
+    return shape[:1] if shape[1:] == (1, 1) else shape
+
+
+def pipeline_forward(shard: ShardNet, x: torch.Tensor, transport: Transport) -> torch.Tensor | None:
+    """Inference through the stages, the batch as one micro-batch; logits on the last stage."""
+    stage, stages = shard.mp_rank, shard.plan.devices
+    first, _, in_shape, _ = _stage_shapes(shard)
+    inp = x if stage == 0 else recv_activation((x.shape[0], *in_shape), transport, stage - 1, 0, first)
+    out = shard(inp)
+    if stage < stages - 1:
+        transport.wait(send_activation(out, transport, stage + 1, 0), first, "send")
+        return None
+    return out
+
+
 def gpipe_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: Transport, step: int,
                row_offset: int, full_batch: int,
                loss_fn: Callable[..., torch.Tensor] = F.cross_entropy) -> tuple[torch.Tensor | None,
                                                                                    torch.Tensor | None]:
     """One training step of this stage; returns (loss, logits) on the last stage, else (None, None)."""
-    plan, spec = shard.plan, shard.spec
+    plan = shard.plan
     stage, stages, m_count = shard.mp_rank, plan.devices, plan.microbatches
     batch = x.shape[0]
     mb = batch // m_count
-    mine = [p for p in plan.layers if p.shard(stage) is not None]
-    first_layer = spec.layer(mine[0].name)
-    next_layer = next((p.name for p in plan.layers if p.shard(stage + 1) is not None), None)
-    out_shape = tuple(spec.layer(mine[-1].name).out_shape)
-    if next_layer is not None and out_shape[1:] == (1, 1):
-        out_shape = out_shape[:1]
-    in_shape = tuple(first_layer.in_shape)
-    if stage > 0 and in_shape[1:] == (1, 1):
-        in_shape = in_shape[:1]
+    first, next_layer, in_shape, _ = _stage_shapes(shard)
     inputs, outputs, pending = [], [], []
     for m in range(m_count):
         set_step(shard, step, row_offset + m * mb, full_batch)
         if stage == 0:
             inp = x[m * mb:(m + 1) * mb]
         else:
-            inp = recv_activation((mb, *in_shape), transport, stage - 1, m, mine[0].name)
+            inp = recv_activation((mb, *in_shape), transport, stage - 1, m, first)
             inp.requires_grad_(True)
         out = shard(inp)
         if stage < stages - 1:
@@ -73,7 +92,7 @@ def gpipe_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: Tra
         if stage > 0:
             pending.append(send_gradient(inputs[m].grad, transport, stage - 1, m_count + m))
     for work in pending:
-        transport.wait(work, mine[0].name, "send")
+        transport.wait(work, first, "send")
     if stage == stages - 1:
         return torch.stack(losses).sum().detach(), torch.cat([o.detach() for o in outputs])
     return None, None

@@ -205,6 +205,8 @@ def _weightless(layer: Layer, out: tuple[int, int], held: tuple[int, int], seed:
             tower0 = (out[0] // per_group) * per_group
             return Weightless(lrn, link, (out[0] - tower0, out[1] - tower0)), out
         width = held[1] - held[0]
+        if layer.size == 1:  # a window of one channel never crosses a group (the plan has no exchange)
+            return Weightless(GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, 1)), held
         if held[0] % per_group or width % per_group:
             raise SplitnetError(f"layer {layer.name!r}: channels {held} split a group of {per_group} "
                                 "but the plan has no exchange here")

@@ -1,0 +1,67 @@
+"""Who reads what: shards per replica, batches per epoch, batches per DataLoader worker.
+
+All pure functions of (seed, epoch, replica): never of the rank, so every rank of a
+model-parallel group computes the same answers and sees the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from splitnet.data.errors import DataError
+from splitnet.seeding import stream_seed
+
+
+def epoch_order(shards: Sequence[str], *, seed: int, epoch: int, shuffle: bool) -> list[str]:
+    """The epoch's shard order, identical on every replica (so the replica split is disjoint)."""
+    if not shuffle:
+        return list(shards)
+    rng = np.random.default_rng(stream_seed(seed, epoch, "shard-order"))
+    return [shards[i] for i in rng.permutation(len(shards))]
+
+
+def replica_shards(ordered: Sequence[str], replica: int, num_replicas: int) -> list[str]:
+    """Every ``num_replicas``-th shard from ``replica``: disjoint, and together complete."""
+    if not 0 <= replica < num_replicas:
+        raise DataError(f"replica {replica} is not in 0..{num_replicas - 1}")
+    mine = list(ordered[replica::num_replicas])
+    if not mine:
+        raise DataError(
+            f"replica {replica} of {num_replicas} gets no shard: the set has only "
+            f"{len(ordered)}; write smaller shards (--per-shard) or use fewer replicas"
+        )
+    return mine
+
+
+def batches_per_epoch(total: int, batch_size: int, num_replicas: int) -> int:
+    """Full batches each replica yields: every replica the same, remainder dropped.
+
+    Shards hold unequal counts (the last one is short), so a replica whose shards run out
+    first wraps around to its own first samples: no replica waits at a collective for a
+    batch that another replica never produces.
+    """
+    n = total // (batch_size * num_replicas)
+    if n < 1:
+        raise DataError(
+            f"{total} samples cannot fill one batch of {batch_size} on each of {num_replicas} "
+            "replicas; lower batch_size"
+        )
+    return n
+
+
+def role_of(worker: int, workers: int, start: int) -> int:
+    """The batch stream DataLoader worker ``worker`` serves after ``start`` skipped batches.
+
+    DataLoader takes batch k from worker k mod W, counting from 0 at every new iterator; a
+    resumed epoch starts at batch ``start``, so worker 0 must serve stream ``start`` mod W.
+    """
+    return (worker + start) % workers
+
+
+def role_batches(role: int, workers: int, n_batches: int, start: int) -> tuple[int, int]:
+    """(batches stream ``role`` skips, batches it yields): its batches are role, role+W, ..."""
+    mine = range(role, n_batches, workers)
+    skipped = len(range(role, min(start, n_batches), workers))
+    return skipped, len(mine) - skipped

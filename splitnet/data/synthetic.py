@@ -1,0 +1,48 @@
+"""``data=synthetic``: random tensors of the model's input shape. Not a dataset.
+
+For benchmarks and for the 224x224 network on machines without ImageNet: accuracy on
+it means nothing. Batch k of (seed, epoch, replica, split) is a pure function of those
+numbers, so every rank of a model-parallel group draws the same batch without talking.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+
+from splitnet.seeding import stream_seed
+
+log = logging.getLogger(__name__)
+
+
+class SyntheticLoader:
+    """Yields ``n_batches - start`` batches of N(0, 1) images and uniform labels."""
+
+    synthetic = True
+
+    def __init__(self, *, n_batches: int, start: int, batch_size: int, channels: int,
+                 image_size: int, num_classes: int, crops: int, seed: int, epoch: int,
+                 replica: int, split: str) -> None:
+        self.n_batches = n_batches
+        self.start = start
+        self.shape = (batch_size, *([crops] if crops > 1 else []), channels, image_size, image_size)
+        self.num_classes = num_classes
+        self.key = (seed, epoch, replica, split)
+        self.stats: dict[str, int] = {"skipped": 0, "batches": 0}
+        log.info("data=synthetic: random tensors %s, not real images", self.shape)
+
+    def __len__(self) -> int:
+        return self.n_batches - self.start
+
+    def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(stream_seed(*self.key, "synthetic", k))
+        images = torch.randn(self.shape, generator=gen)
+        labels = torch.randint(0, self.num_classes, (self.shape[0],), generator=gen)
+        return images, labels
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for k in range(self.start, self.n_batches):
+            self.stats["batches"] += 1
+            yield self.batch(k)

@@ -1,0 +1,1 @@
+"""Training: the worker loop, checkpoints, schedules, curves."""

@@ -1,0 +1,60 @@
+"""``splitnet train``: plan once, prepare the data, start the workers, report.
+
+The parent never trains: it partitions the model (errors surface before any process
+starts), builds the embedded dataset's cache once (so N workers do not race to), writes
+the plan (JSON, table, picture) into the run folder, hands ``train_worker`` to the
+launcher, and draws the curves when the workers are done.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from splitnet.errors import SplitnetError
+from splitnet.partition import Mesh, make_plan
+from splitnet.spec import load_spec
+
+
+def launch_workers(cfg: dict[str, Any], job: Any, world_size: int) -> list[Any]:
+    launcher = cfg["launcher"]
+    name = launcher.get("name", "simulate")
+    if name == "simulate":
+        from splitnet.launchers.simulate import launch
+
+        return launch(job, world_size, cfg, threads=launcher.get("threads"),
+                      timeout_s=cfg["comm"]["timeout_s"] + 60)
+    raise SplitnetError(f"launcher={name!r} is not available here; valid: simulate")
+
+
+def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    from splitnet.data import data_info
+    from splitnet.report import plan_table
+    from splitnet.train.curves import draw_curves
+    from splitnet.train.loop import train_worker
+
+    spec = load_spec(cfg["model"])
+    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"],
+                     cfg.get("dtype_bytes", 4))
+    info = data_info(cfg["data"])
+    if info.num_classes != spec.num_classes:
+        raise SplitnetError(f"data {info.name!r} has {info.num_classes} classes but model {spec.name!r} "
+                            f"ends in {spec.num_classes} outputs; change the last layer's out or the data")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "plan.json").write_text(plan.to_json())
+    (run_dir / "plan.txt").write_text(plan_table(plan) + "\n")
+    try:
+        from splitnet.partition.picture import draw_plan
+
+        draw_plan(spec, plan, run_dir / "plan.png")
+    except ImportError:
+        pass
+    print(f"splitnet train: {spec.name} ({spec.total_params:,} parameters), {plan.rationale}", file=sys.stderr)
+    print(f"splitnet train: data {info.name} ({info.num_classes} classes), run folder {run_dir}", file=sys.stderr)
+    job_cfg = {**cfg, "plan": plan.to_dict(), "run_dir": str(run_dir)}
+    results = launch_workers(job_cfg, train_worker, plan.devices * plan.replicas)
+    final = next(r["final"] for r in results if r["reporter"])
+    if (run_dir / "metrics.jsonl").exists():
+        draw_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    return {"final": final, "results": results, "run_dir": str(run_dir), "plan": plan}

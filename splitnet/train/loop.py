@@ -1,0 +1,193 @@
+"""The training worker: one function, given (rank, world size, resolved config).
+
+Any launcher calls ``train_worker`` after setting up the process group; nothing here
+knows how the processes were started. It reads top to bottom: build the shard,
+restore, then epochs of steps, evaluation, schedule, checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from splitnet.comm import Transport
+from splitnet.comm.exchange import share_metrics
+from splitnet.data import build_loader
+from splitnet.partition.plan import Plan
+from splitnet.runtime import ShardNet, build_shard, forward_backward
+from splitnet.runtime.schedule import pipeline_forward
+from splitnet.spec import ModelSpec, load_spec
+from splitnet.train import checkpoint
+from splitnet.train.schedule import LrSchedule
+
+
+def _logger(run_dir: Path, rank: int, console: bool) -> logging.Logger:
+    log = logging.getLogger(f"splitnet.rank{rank}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "logs" / f"rank{rank}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s rank " + str(rank) + " %(message)s"))
+    log.addHandler(handler)
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(stream)
+    return log
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    # One write() per line on an O_APPEND file: lines from different ranks never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def forward_only(shard: ShardNet, x: torch.Tensor, transport: Transport) -> torch.Tensor | None:
+    if shard.plan.strategy == "pipeline":
+        return pipeline_forward(shard, x, transport)
+    return shard(x)
+
+
+def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan, cfg: dict[str, Any],
+             crops: int) -> dict[str, float]:
+    """Top-1/top-5 error and loss on the whole validation split (every replica computes the same)."""
+    shard.eval()
+    loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
+                          batch_size=cfg["train"]["eval_batch_size"], replica=0, num_replicas=1, epoch=0,
+                          seed=cfg["seed"],
+                          crops=crops)
+    counts = torch.zeros(4, dtype=torch.float64)  # top-1 correct, top-5 correct, samples, loss sum
+    with torch.no_grad():
+        for x, y in loader:
+            b = x.shape[0]
+            logits = forward_only(shard, x.flatten(0, 1) if crops > 1 else x, transport)
+            if logits is None:
+                continue
+            probs = F.softmax(logits, dim=1).view(b, crops, -1).mean(1)  # paper 4.1: average the crops' softmax
+            top = probs.topk(min(5, probs.shape[1]), dim=1).indices
+            counts[0] += float((top[:, 0] == y).sum())
+            counts[1] += float((top == y[:, None]).any(dim=1).sum())
+            counts[2] += b
+            counts[3] += float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"))
+    counts = share_metrics(counts, transport, plan.output_rank)
+    n = max(float(counts[2]), 1.0)
+    shard.train()
+    return {"top1": float(counts[0]) / n, "top5": float(counts[1]) / n, "val_loss": float(counts[3]) / n,
+            "val_samples": int(counts[2])}
+
+
+def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    run_dir = Path(cfg["run_dir"])
+    spec = load_spec(cfg["model"])
+    plan = Plan.from_dict(cfg["plan"])
+    tcfg, ocfg, seed = cfg["train"], cfg["optim"], cfg["seed"]
+    transport = Transport(plan, rank, timeout_s=cfg["comm"]["timeout_s"])
+    reporter = transport.replica == 0 and transport.mp_rank == plan.output_rank
+    log = _logger(run_dir, rank, console=reporter)
+    shard = build_shard(spec, plan, rank, seed=seed, transport=transport)
+    opt = torch.optim.SGD(shard.parameters(), lr=ocfg["lr"], momentum=ocfg["momentum"],
+                          weight_decay=ocfg["weight_decay"])
+    schedule = LrSchedule.from_config(ocfg)
+    step, first_epoch, skip = 0, 0, 0
+    ckpt = None
+    if tcfg.get("resume") == "auto":  # the run folder's latest, or a fresh start if it has none
+        done = checkpoint.complete_checkpoints(run_dir / "checkpoints")
+        ckpt = done[-1] if done else None
+    elif tcfg.get("resume"):
+        ckpt = checkpoint.find_checkpoint(tcfg["resume"])
+    if ckpt is not None:
+        model_state, momentum, meta = checkpoint.restore(ckpt, plan, rank, cfg["model"])
+        shard.load_state_dict(model_state)
+        named = dict(shard.named_parameters())
+        for name, buf in momentum.items():
+            opt.state[named[name]]["momentum_buffer"] = buf.clone()
+        schedule.load_state_dict(meta["schedule"])
+        step, first_epoch, skip = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        log.info(f"resumed from {ckpt} at step {step} (epoch {first_epoch}, batch {skip})")
+    metrics_path = run_dir / "metrics.jsonl"
+
+    def save(epoch: int, batch_in_epoch: int) -> None:
+        root = run_dir / "checkpoints"
+        if transport.replica == 0:
+            named = dict(shard.named_parameters())
+            momentum = {n: opt.state[p]["momentum_buffer"] for n, p in named.items()
+                        if "momentum_buffer" in opt.state.get(p, {})}
+            checkpoint.write_shard(root, step, transport.mp_rank, {
+                "model": shard.state_dict(), "momentum": momentum, "rng": torch.get_rng_state(),
+                "mp_rank": transport.mp_rank})
+        transport.barrier("checkpoint")
+        if rank == 0:
+            path = checkpoint.publish(root, step, {
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "plan": plan.to_dict(),
+                "config": {k: v for k, v in cfg.items() if k != "plan"}, "schedule": schedule.state_dict()},
+                tcfg["keep"])
+            log.info(f"checkpoint {path}")
+        transport.barrier("checkpoint")
+
+    final: dict[str, Any] = {}
+    stop = False
+    for epoch in range(first_epoch, tcfg["epochs"]):
+        loader = build_loader(cfg["data"], split="train", image_size=spec.input_size,
+                              channels=spec.input_channels, batch_size=plan.batch_size,
+                              replica=transport.replica, num_replicas=plan.replicas, epoch=epoch, seed=seed,
+                              skip_batches=skip)
+        bar = tqdm(total=len(loader) + skip, initial=skip, disable=not reporter, desc=f"epoch {epoch + 1}",
+                   unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
+        total, taken = len(loader) + skip, skip
+        for x, y in loader:
+            lr = schedule.lr(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            transport.meter.reset()
+            t0 = time.perf_counter()
+            result = forward_backward(shard, x, y, transport, step)
+            opt.step()
+            seconds = time.perf_counter() - t0
+            step += 1
+            record: dict[str, Any] = {
+                "kind": "step", "rank": rank, "step": step, "epoch": epoch,
+                "comm_bytes": round(transport.meter.total()),
+                "comm": {k: round(v["fwd"] + v["bwd"]) for k, v in transport.meter.per_layer().items()}}
+            if reporter:
+                images = plan.batch_size * plan.replicas / seconds
+                record.update(loss=float(result.loss), lr=lr, images_per_s=images, step_s=seconds)
+                bar.set_postfix(loss=f"{float(result.loss):.3f}", lr=f"{lr:.3g}", img_s=f"{images:.0f}")
+            if step % tcfg["log_every"] == 0:
+                _append(metrics_path, record)
+            bar.update(1)
+            taken += 1
+            if tcfg["checkpoint_every"] and step % tcfg["checkpoint_every"] == 0:
+                save(epoch, taken)
+            if tcfg["max_steps"] and step >= tcfg["max_steps"]:
+                stop = True
+                break
+        bar.close()
+        complete = taken == total
+        skip = 0
+        val = evaluate(shard, transport, spec, plan, cfg, tcfg["eval_crops"])
+        cut = complete and schedule.end_epoch(epoch, 1.0 - val["top1"])
+        final = {"kind": "epoch", "epoch": epoch, "step": step, **val, "lr": schedule.lr(step), "lr_cut": cut}
+        if reporter:
+            _append(metrics_path, final)
+            log.info(f"epoch {epoch + 1}: top-1 {val['top1']:.2%}, top-5 {val['top5']:.2%}, "
+                     f"val loss {val['val_loss']:.4f}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
+        # an epoch cut short by train.max_steps resumes after its last batch taken
+        save(*((epoch + 1, 0) if complete else (epoch, taken)))
+        if stop:
+            break
+    return {"rank": rank, "reporter": reporter, "final": final, "step": step,
+            "params": {n: p.detach().clone() for n, p in shard.named_parameters()}}

@@ -1,0 +1,60 @@
+"""Who reads what: replica shards, batches per epoch, DataLoader worker streams."""
+
+from __future__ import annotations
+
+import pytest
+
+from splitnet.data.distribute import (
+    batches_per_epoch,
+    epoch_order,
+    replica_shards,
+    role_batches,
+    role_of,
+)
+from splitnet.data.errors import DataError
+
+SHARDS = [f"train-{i:06d}.tar" for i in range(11)]
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3, 11])
+def test_replicas_get_disjoint_shards_that_cover_the_set(replicas: int) -> None:
+    order = epoch_order(SHARDS, seed=1, epoch=4, shuffle=True)
+    parts = [replica_shards(order, r, replicas) for r in range(replicas)]
+    assert sorted(s for part in parts for s in part) == SHARDS
+    assert sum(len(p) for p in parts) == len(SHARDS)
+
+
+def test_shard_order_depends_on_seed_and_epoch_only() -> None:
+    a = epoch_order(SHARDS, seed=1, epoch=0, shuffle=True)
+    assert a == epoch_order(SHARDS, seed=1, epoch=0, shuffle=True)
+    assert a != epoch_order(SHARDS, seed=1, epoch=1, shuffle=True)
+    assert a != epoch_order(SHARDS, seed=2, epoch=0, shuffle=True)
+    assert epoch_order(SHARDS, seed=1, epoch=0, shuffle=False) == SHARDS
+
+
+def test_a_replica_without_shards_is_an_error() -> None:
+    with pytest.raises(DataError, match="replica 3 of 4 gets no shard: the set has only 3"):
+        replica_shards(SHARDS[:3], 3, 4)
+    with pytest.raises(DataError, match="replica 4 is not in 0..3"):
+        replica_shards(SHARDS, 4, 4)
+
+
+def test_batches_per_epoch_drops_the_remainder() -> None:
+    assert batches_per_epoch(4500, 64, 2) == 35
+    assert batches_per_epoch(128, 64, 2) == 1
+    with pytest.raises(DataError, match="cannot fill one batch of 64 on each of 3"):
+        batches_per_epoch(128, 64, 3)
+
+
+@pytest.mark.parametrize(("n", "workers", "start"), [(10, 3, 0), (10, 3, 4), (7, 4, 7), (5, 1, 2)])
+def test_worker_streams_cover_the_rest_of_the_epoch_in_order(n, workers, start) -> None:
+    # DataLoader worker w serves batches start+w, start+w+W, ...; check every one is
+    # produced by the stream that worker serves, exactly once.
+    served = []
+    for w in range(workers):
+        role = role_of(w, workers, start)
+        skipped, todo = role_batches(role, workers, n, start)
+        mine = list(range(role, n, workers))[skipped : skipped + todo]
+        assert mine == list(range(start + w, n, workers))
+        served += mine
+    assert sorted(served) == list(range(start, n))

@@ -1,0 +1,204 @@
+"""Reading shards: distribution over replicas, identical batches per replica, bad data, resume."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splitnet.data import BadSampleError, DataError, build_loader, data_info
+from splitnet.data.shards import write_shard_set
+from splitnet.data.sources import ArraySource
+
+N_TRAIN, N_VAL = 240, 40
+
+
+def identity_images(n: int) -> np.ndarray:
+    """8x8 images of one colour each: R = id mod 256, G = id // 256, so any crop names its id."""
+    ids = np.arange(n)
+    colours = np.stack([ids % 256, ids // 256, np.full(n, 9)], axis=-1).astype(np.uint8)
+    return np.broadcast_to(colours[:, None, None, :], (n, 8, 8, 3)).copy()
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    n = N_TRAIN + N_VAL
+    val = np.arange(n) >= N_TRAIN
+    source = ArraySource(identity_images(n), np.arange(n) % 4, val_mask=val)
+    write_shard_set(source, out, per_shard=20, progress=False)
+    return out
+
+
+def config(root: Path, **overrides) -> dict:
+    cfg = {"name": "ids", "kind": "shards", "root": str(root), "num_classes": 4, "flip": False,
+           "pca_std": 0.0, "shuffle_buffer": 50}
+    return cfg | overrides
+
+
+def loader(root: Path, *, split="train", batch_size=20, replica=0, replicas=1, epoch=0, seed=0,
+           crops=1, skip=0, **overrides):
+    return build_loader(config(root, **overrides), split=split, image_size=6, channels=3,
+                        batch_size=batch_size, replica=replica, num_replicas=replicas,
+                        epoch=epoch, seed=seed, crops=crops, skip_batches=skip)
+
+
+def ids_of(images: torch.Tensor, root: Path) -> list[int]:
+    mean = torch.tensor(data_info(config(root)).mean)
+    pixels = ((images[:, :, 0, 0] + mean) * 255).round().long()
+    return (pixels[:, 0] + 256 * pixels[:, 1]).tolist()
+
+
+def batches(ld) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(ld)
+
+
+def test_replicas_read_disjoint_shards_that_cover_the_split(shard_dir) -> None:
+    seen = []
+    for replica in range(2):
+        ld = loader(shard_dir, replica=replica, replicas=2)
+        assert len(ld) == N_TRAIN // (2 * 20)
+        got = [i for images, labels in ld for i in ids_of(images, shard_dir)]
+        labels = torch.cat([labels for _, labels in ld])
+        assert labels.tolist() == [i % 4 for i in got]  # labels travel with their images
+        seen.append(got)
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(N_TRAIN))
+
+
+def test_ranks_of_one_replica_get_identical_batches(shard_dir) -> None:
+    # Two ranks of one model-parallel group call build_loader with the same arguments.
+    augmented = {"flip": True, "pca_std": 0.1}
+    rank0 = batches(loader(shard_dir, replica=1, replicas=2, epoch=3, **augmented))
+    rank1 = batches(loader(shard_dir, replica=1, replicas=2, epoch=3, **augmented))
+    assert len(rank0) == len(rank1) == 6
+    for (x0, y0), (x1, y1) in zip(rank0, rank1, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    other_epoch = batches(loader(shard_dir, replica=1, replicas=2, epoch=4, **augmented))
+    assert not torch.equal(rank0[0][0], other_epoch[0][0])
+
+
+def test_every_replica_yields_the_same_number_of_full_batches(tmp_path) -> None:
+    source = ArraySource(identity_images(N_TRAIN), np.arange(N_TRAIN) % 4)
+    write_shard_set(source, tmp_path, per_shard=50, progress=False)  # shards of 50,50,50,50,40
+    for replicas in (2, 3):
+        counts = []
+        for replica in range(replicas):
+            ld = loader(tmp_path, batch_size=16, replica=replica, replicas=replicas)
+            sizes = [len(labels) for _, labels in ld]
+            assert sizes == [16] * len(ld)
+            counts.append(len(sizes))
+        assert counts == [N_TRAIN // (16 * replicas)] * replicas
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_batches_resumes_with_the_same_batches(shard_dir, workers: int) -> None:
+    full = batches(loader(shard_dir, batch_size=16, workers=workers, flip=True, pca_std=0.1))
+    assert len(full) == N_TRAIN // 16
+    again = batches(loader(shard_dir, batch_size=16, workers=workers, flip=True, pca_std=0.1))
+    resumed = loader(shard_dir, batch_size=16, workers=workers, flip=True, pca_std=0.1, skip=5)
+    assert len(resumed) == len(full) - 5
+    tail = batches(resumed)
+    for (x, y), (xr, yr) in zip(full[5:], tail, strict=True):
+        assert torch.equal(x, xr) and torch.equal(y, yr)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full, again, strict=True))
+
+
+def test_val_centre_crop_and_ten_crops(shard_dir) -> None:
+    one = batches(loader(shard_dir, split="val", batch_size=10))
+    ten = batches(loader(shard_dir, split="val", batch_size=10, crops=10))
+    assert len(one) == len(ten) == N_VAL // 10
+    assert ten[0][0].shape == (10, 10, 3, 6, 6)
+    for (x1, y1), (x10, y10) in zip(one, ten, strict=True):
+        assert torch.equal(x10[:, 0], x1) and torch.equal(y1, y10)
+    # Val is read in order, without shuffling: the same every epoch.
+    ids = [i for x, _ in one for i in ids_of(x, shard_dir)]
+    assert sorted(ids) == list(range(N_TRAIN, N_TRAIN + N_VAL))
+    assert ids == [i for x, _ in loader(shard_dir, split="val", batch_size=10, epoch=7)
+                   for i in ids_of(x, shard_dir)]
+
+
+def rewrite_member(shard: Path, name: str, payload: bytes) -> None:
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            data = payload if member.name == name else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+@pytest.fixture
+def damaged(tmp_path) -> tuple[Path, Path, list[str]]:
+    """40 samples in 4 shards; in shard 1 one image is garbage and one class is not a number."""
+    source = ArraySource(identity_images(40), np.arange(40) % 4)
+    write_shard_set(source, tmp_path, per_shard=10, progress=False)
+    shard = tmp_path / "train-000001.tar"
+    with tarfile.open(shard) as tar:
+        keys = sorted({Path(m.name).stem for m in tar.getmembers()})[:2]
+    rewrite_member(shard, f"{keys[0]}.png", b"\x89PNG garbage")
+    rewrite_member(shard, f"{keys[1]}.cls", b"seven")
+    return tmp_path, shard, keys
+
+
+def test_bad_samples_are_skipped_and_counted(damaged, caplog) -> None:
+    root, shard, keys = damaged
+    ld = loader(root, batch_size=19, shuffle_buffer=0)
+    ids = [i for x, _ in ld for i in ids_of(x, root)]
+    assert ld.stats["skipped"] == 2
+    assert sorted(ids) == sorted(set(range(40)) - {int(k) for k in keys})
+    assert any(keys[0] in r.getMessage() and shard.name in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_samples_raise_with_their_location(damaged, workers: int) -> None:
+    root, shard, keys = damaged
+    with pytest.raises(BadSampleError, match=rf"train-000001\.tar: sample '({keys[0]}|{keys[1]})'"):
+        batches(loader(root, batch_size=19, shuffle_buffer=0, on_error="raise", workers=workers))
+
+
+def test_a_truncated_shard_is_skipped(tmp_path) -> None:
+    source = ArraySource(identity_images(40), np.arange(40) % 4)
+    write_shard_set(source, tmp_path, per_shard=10, progress=False)
+    shard = tmp_path / "train-000002.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    ld = loader(tmp_path, batch_size=10)
+    assert [len(y) for _, y in ld] == [10] * 4  # the stream wraps around to fill the epoch
+    assert ld.stats["skipped"] >= 1
+    with pytest.raises(BadSampleError, match="train-000002.tar: the rest of the shard: unread"):
+        batches(loader(tmp_path, batch_size=10, on_error="raise"))
+
+
+def test_shard_set_errors_name_the_cause(shard_dir, tmp_path) -> None:
+    with pytest.raises(DataError, match=r"no shards match '.*nowhere/train-\*\.tar' \(data\.train"):
+        loader(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"no shards match '.*/val-\*\.tar' \(data.val\)"):
+        source = ArraySource(identity_images(20), np.arange(20) % 4)
+        write_shard_set(source, tmp_path / "train_only", per_shard=10, progress=False)
+        loader(tmp_path / "train_only", split="val")
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "train-000000.tar").write_bytes(b"")
+    with pytest.raises(DataError, match="meta.json not found"):
+        loader(tmp_path / "stray")
+    with pytest.raises(DataError, match="replica 2 of 3 gets no shard: the set has only 2"):
+        loader(shard_dir, split="val", batch_size=5, replica=2, replicas=3)
+    with pytest.raises(DataError, match="data.num_classes=10 but .* lists 4 classes"):
+        loader(shard_dir, num_classes=10)
+
+
+def test_argument_errors(shard_dir) -> None:
+    with pytest.raises(DataError, match="crops=10"):
+        loader(shard_dir, crops=10)
+    with pytest.raises(DataError, match="skip_batches=13 is outside 0..12"):
+        loader(shard_dir, skip=13)
+    with pytest.raises(DataError, match="unknown data config keys \\['flips'\\]"):
+        loader(shard_dir, flips=True)
+    with pytest.raises(DataError, match="RGB images; the model takes 1 channels"):
+        build_loader(config(shard_dir), split="train", image_size=6, channels=1, batch_size=4,
+                     replica=0, num_replicas=1, epoch=0, seed=0)
+    with pytest.raises(DataError, match="cannot fill one batch of 200 on each of 2"):
+        loader(shard_dir, batch_size=200, replicas=2)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import pytest
+
+from splitnet.partition import Mesh, PartitionError, make_plan
+
+GTX580 = 3 * 2**30   # 3 GiB
+
+
+def auto(spec, batch=128, **mesh):
+    return make_plan(spec, {"strategy": "auto", "exchange": "auto", "microbatches": 4}, Mesh(**mesh), batch)
+
+
+def test_candidates_and_the_estimate_formula(alexnet):
+    mesh = {"devices": 2, "device_memory": GTX580, "link_gbps": 64.0, "device_tflops": 1.5}
+    plan = auto(alexnet, **mesh)
+    rows = plan.candidates
+    assert [(r["strategy"], r["options"]) for r in rows] == [
+        ("columns", {"exchange": "auto"}), ("columns", {"exchange": "gather"}),
+        ("hybrid", {"exchange": "auto"}),
+        ("pipeline", {"balance": "flops", "microbatches": 4}),
+        ("pipeline", {"balance": "params", "microbatches": 4})]
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["strategy"] == plan.strategy
+    # step = largest FLOPs / throughput + largest bytes in * 8 / bandwidth (no overlap)
+    compute = max(c.flops for c in plan.costs) / 1.5e12
+    comm = max(c.bytes_in for c in plan.costs) * 8 / 64e9
+    assert chosen[0]["step_s"] == pytest.approx(compute + comm)
+    assert chosen[0]["memory_bytes"] == max(c.memory_bytes for c in plan.costs) <= GTX580
+    assert chosen[0]["step_s"] == min(r["step_s"] for r in rows if r["fits"])
+    assert plan.rationale.startswith(f"auto chose {plan.strategy} ")
+
+
+def test_pipeline_estimate_pays_the_bubble(alexnet):
+    plan = auto(alexnet, devices=2)
+    row = next(r for r in plan.candidates if r["options"] == {"balance": "flops", "microbatches": 4})
+    pipe = make_plan(alexnet, {"strategy": "pipeline", "balance": "flops", "microbatches": 4}, Mesh(devices=2), 128)
+    # GPipe: M micro-batches over D stages take (M+D-1)/M of the slowest stage's time
+    assert row["compute_s"] == pytest.approx(max(c.flops for c in pipe.costs) / 1.5e12 * (4 + 2 - 1) / 4)
+
+
+def test_a_3gib_cap_rules_out_the_fastest_candidate(alexnet):
+    # On a slow link the params-balanced pipeline, which sends one small activation, is the
+    # fastest; at batch 512 its first stage (conv1..fc6) needs more than a GTX 580's 3 GiB.
+    free = auto(alexnet, batch=512, devices=2, link_gbps=0.1)
+    capped = auto(alexnet, batch=512, devices=2, link_gbps=0.1, device_memory=GTX580)
+    assert (free.strategy, free.candidates[4]["chosen"]) == ("pipeline", True)
+    assert free.candidates[4]["memory_bytes"] > GTX580
+    assert capped.strategy == "hybrid"
+    fits = {(r["strategy"], tuple(r["options"].values())): r["fits"] for r in capped.candidates}
+    assert fits[("pipeline", ("params", 4))] is False
+    assert max(c.memory_bytes for c in capped.costs) <= GTX580
+    best = min((r for r in capped.candidates if r["fits"]), key=lambda r: r["step_s"])
+    assert best["chosen"] and best["strategy"] == "hybrid"
+
+
+def test_nothing_fits_says_by_how_much(alexnet):
+    cap = 100 * 2**20
+    with pytest.raises(PartitionError) as err:
+        auto(alexnet, devices=2, device_memory=cap)
+    smallest = min(
+        max(c.memory_bytes for c in make_plan(alexnet, {"strategy": s, **o}, Mesh(devices=2), 128).costs)
+        for s, o in [("columns", {"exchange": "auto"}), ("columns", {"exchange": "gather"}),
+                     ("hybrid", {"exchange": "auto"}), ("pipeline", {"balance": "flops", "microbatches": 4}),
+                     ("pipeline", {"balance": "params", "microbatches": 4})])
+    message = str(err.value)
+    assert message.startswith(f"auto: nothing fits mesh.device_memory={cap:,} bytes; the smallest candidate (")
+    assert f"needs {smallest:,} bytes per device, {smallest - cap:,} bytes (" in message
+    assert message.endswith("too many")
+
+
+def test_no_candidate_can_split_the_model(alexnet):
+    # 3 devices: columns and hybrid cannot shard alexnet; pipelines of microbatches=4 can
+    plan = auto(alexnet, devices=3)
+    errors = [r for r in plan.candidates if "error" in r]
+    assert [r["strategy"] for r in errors] == ["columns", "columns", "hybrid"]
+    assert plan.strategy == "pipeline"
+
+
+def test_no_strategy_at_all(alexnet_small):
+    with pytest.raises(PartitionError, match=r"auto: no strategy can split this model: columns: layer 'conv1'"
+                                             r".*pipeline: mesh.devices=24 stages but alexnet_small has only 23"):
+        auto(alexnet_small, devices=24)
+
+
+def test_a_fixed_strategy_that_does_not_fit(alexnet):
+    with pytest.raises(PartitionError, match=r"columns: rank 0 needs [\d,]+ bytes, [\d,]+ more than "
+                                             r"mesh.device_memory=104,857,600; use more devices"):
+        make_plan(alexnet, {"strategy": "columns"}, Mesh(devices=2, device_memory=100 * 2**20), 128)

@@ -1,0 +1,216 @@
+"""``columns``: the 2012 layout and its generalisations. Expected figures are worked out
+here from AlexNet's shapes (paper section 3.5, Figure 2), never read back from the code."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from splitnet.partition import Mesh, PartitionError, make_plan
+from splitnet.spec import load_spec
+
+B = 128          # batch
+F = 4            # float32
+ALEXNET_PARAMS = 60_965_224
+# Output shapes of AlexNet's layers (C, H, W), as in the paper's Figure 2.
+POOL2 = 256 * 13 * 13
+FLAT = 256 * 6 * 6          # 9216, fc6's input
+# Parameters per layer: out * in_per_group * k^2 + out (bias).
+CONV = {"conv1": 96 * 3 * 11 * 11 + 96, "conv2": 256 * 48 * 5 * 5 + 256, "conv3": 384 * 256 * 3 * 3 + 384,
+        "conv4": 384 * 192 * 3 * 3 + 384, "conv5": 256 * 192 * 3 * 3 + 256}
+FC = {"fc6": 4096 * FLAT + 4096, "fc7": 4096 * 4096 + 4096, "fc8": 1000 * 4096 + 1000}
+
+
+def plan_of(spec, devices=2, exchange="gather", batch=B, **mesh):
+    return make_plan(spec, {"strategy": "columns", "exchange": exchange}, Mesh(devices=devices, **mesh), batch)
+
+
+def test_expected_parameter_counts_are_alexnets():
+    assert sum(CONV.values()) + sum(FC.values()) == ALEXNET_PARAMS
+
+
+def test_2012_layout_talks_only_at_conv3_fc6_fc7_fc8_and_the_loss(alexnet):
+    plan = plan_of(alexnet)
+    ex = plan.exchanges()
+    assert list(ex) == ["conv3", "fc6", "fc7", "fc8", "loss"]
+    assert all(plan.placement(p.name).exchange is None for p in plan.layers if p.name not in ex)
+    for name in ("conv3", "fc6", "fc7", "fc8"):
+        assert (ex[name].mode, ex[name].collective, ex[name].backward) == (
+            "gather", "all_gather", "reduce_scatter")
+        assert ex[name].groups == ((0, 1),)
+    assert (ex["loss"].mode, ex["loss"].collective, ex["loss"].backward) == ("logits", "all_gather", "none")
+
+
+def test_2012_layout_exchange_bytes(alexnet):
+    ex = plan_of(alexnet).exchanges()
+    # conv3 reads both towers' pool2 output: each device receives the other's 13x13x128 floats
+    per_sample = 13 * 13 * 128 * 4
+    assert per_sample == 86_528
+    assert ex["conv3"].bytes_fwd == ex["conv3"].bytes_bwd == 86_528 * B
+    # all-gather / reduce-scatter over 2 devices: each receives the half it does not hold
+    assert ex["fc6"].bytes_fwd == ex["fc6"].bytes_bwd == FLAT // 2 * F * B
+    assert ex["fc7"].bytes_fwd == ex["fc7"].bytes_bwd == 2048 * F * B
+    assert ex["fc8"].bytes_fwd == ex["fc8"].bytes_bwd == 2048 * F * B
+    assert (ex["loss"].bytes_fwd, ex["loss"].bytes_bwd) == (500 * F * B, 0)
+
+
+def test_2012_layout_each_device_holds_half_the_parameters(alexnet):
+    plan = plan_of(alexnet)
+    assert [c.param_count for c in plan.costs] == [ALEXNET_PARAMS // 2] * 2
+    assert sum(c.param_count for c in plan.costs) == plan.model_params == ALEXNET_PARAMS
+    for c in plan.costs:
+        # SGD with momentum in float32: weights, gradients, one momentum buffer
+        assert c.param_bytes == c.grad_bytes == c.optimizer_bytes == ALEXNET_PARAMS // 2 * F
+
+
+def test_2012_layout_shards_follow_the_towers(alexnet):
+    plan = plan_of(alexnet)
+    for layer in alexnet.layers:
+        c = layer.out_shape[0]
+        shards = plan.placement(layer.name).shards
+        assert [(s.rank, s.out, s.cols) for s in shards] == [(0, (0, c // 2), None), (1, (c // 2, c), None)]
+
+
+def test_2012_layout_bytes_in_per_device(alexnet):
+    plan = plan_of(alexnet)
+    expected = (2 * 86_528 * B + 2 * FLAT // 2 * F * B + 2 * 2 * 2048 * F * B + 500 * F * B)
+    assert [c.bytes_in for c in plan.costs] == [expected, expected]
+    assert plan.total_exchange_bytes == 2 * expected
+
+
+def test_2012_layout_flops_split_evenly(alexnet):
+    plan = plan_of(alexnet)
+    # forward + backward = 3 x forward, each device computes half of every layer
+    assert [c.flops for c in plan.costs] == [3 * alexnet.total_flops * B // 2] * 2
+
+
+def test_activations_on_one_device_are_every_layers_output(alexnet):
+    plan = plan_of(alexnet, devices=1)
+    outputs = sum(layer.out_shape[0] * layer.out_shape[1] * layer.out_shape[2] for layer in alexnet.layers)
+    assert plan.costs[0].activation_bytes == outputs * B * F
+
+
+def test_activations_on_two_devices_add_the_assembled_tensors(alexnet):
+    plan = plan_of(alexnet)
+    half = sum(layer.out_shape[0] * layer.out_shape[1] * layer.out_shape[2] for layer in alexnet.layers) // 2
+    # the whole inputs conv3, fc6, fc7, fc8 gather, and the logits gathered for the loss
+    assembled = POOL2 + FLAT + 4096 + 4096 + 1000
+    assert [c.activation_bytes for c in plan.costs] == [(half + assembled) * B * F] * 2
+
+
+def test_auto_switches_fc8_to_reduce_and_cuts_its_bytes(alexnet):
+    gather, auto = plan_of(alexnet, exchange="gather"), plan_of(alexnet, exchange="auto")
+    g, a = gather.exchanges(), auto.exchanges()
+    assert (a["fc8"].mode, a["fc8"].collective, a["fc8"].backward) == ("reduce", "all_reduce", "none")
+    assert "loss" not in a   # the all-reduce leaves every device the whole logits
+    # gather: all-gather fc8's 4096 inputs forward, reduce-scatter their gradient backward,
+    # then all-gather the 1000 logits for the loss; each over 2 devices moves half the tensor.
+    gather_bytes = 4096 * F * B // 2 + 4096 * F * B // 2 + 1000 * F * B // 2
+    # reduce: one all-reduce of the 1000 partial logits, 2(D-1)/D = 1 times the tensor.
+    reduce_bytes = 1000 * F * B
+    assert g["fc8"].bytes_fwd + g["fc8"].bytes_bwd + g["loss"].bytes_fwd == gather_bytes == 2_353_152
+    assert a["fc8"].bytes_fwd + a["fc8"].bytes_bwd == reduce_bytes == 512_000
+    assert Fraction(gather_bytes, reduce_bytes) == Fraction(9192, 2000)   # 4.596x fewer bytes
+    # reduce holds every output row and half the input columns: still half the weights
+    shards = auto.placement("fc8").shards
+    assert [(s.out, s.cols) for s in shards] == [((0, 500), (0, 2048)), ((500, 1000), (2048, 4096))]
+    assert [c.param_count for c in auto.costs] == [ALEXNET_PARAMS // 2] * 2
+
+
+def test_auto_picks_the_cheaper_mode_per_connecting_layer(alexnet):
+    ex = plan_of(alexnet, exchange="auto").exchanges()
+    # conv3: gather moves its 256x13x13 input, reduce its 384x13x13 output: gather.
+    # fc6: 9216 inputs against 4096 outputs: reduce. fc7: 4096 both ways, a tie: gather.
+    assert {k: e.mode for k, e in ex.items()} == {"conv3": "gather", "fc6": "reduce", "fc7": "gather",
+                                                   "fc8": "reduce"}
+    assert ex["fc6"].bytes_fwd == ex["fc6"].bytes_bwd == 4096 * F * B // 2
+    assert (ex["fc6"].collective, ex["fc6"].backward) == ("reduce_scatter", "all_gather")
+
+
+def test_reduce_everywhere(alexnet):
+    plan = plan_of(alexnet, exchange="reduce")
+    ex = plan.exchanges()
+    assert {k: e.mode for k, e in ex.items()} == dict.fromkeys(("conv3", "fc6", "fc7", "fc8"), "reduce")
+    assert ex["conv3"].bytes_fwd == 384 * 13 * 13 * F * B // 2
+    assert plan.placement("conv3").shard(1).cols == (128, 256)
+    assert sum(c.param_count for c in plan.costs) == ALEXNET_PARAMS
+
+
+def test_four_devices_two_towers(alexnet):
+    plan = plan_of(alexnet, devices=4)
+    ex = plan.exchanges()
+    towers = ((0, 1), (2, 3))
+    # a tower over two devices: conv2, conv4, conv5 read the rest of their own tower, and an
+    # LRN needs its channel neighbours across the cut; connecting layers read all four.
+    assert list(ex) == ["norm1", "conv2", "norm2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8", "loss"]
+    for name in ("norm1", "conv2", "norm2", "conv4", "conv5"):
+        assert ex[name].groups == towers, name
+    for name in ("conv3", "fc6", "fc7", "fc8", "loss"):
+        assert ex[name].groups == ((0, 1, 2, 3),), name
+    # within a tower (2 devices): half of one tower's input
+    assert ex["norm1"].bytes_fwd == 48 * 55 * 55 * F * B // 2
+    assert ex["conv2"].bytes_fwd == 48 * 27 * 27 * F * B // 2
+    assert ex["norm2"].bytes_fwd == 128 * 27 * 27 * F * B // 2
+    assert ex["conv4"].bytes_fwd == ex["conv5"].bytes_fwd == 192 * 13 * 13 * F * B // 2
+    # across all four: 3/4 of the whole input
+    assert ex["conv3"].bytes_fwd == Fraction(3, 4) * POOL2 * F * B
+    assert ex["fc6"].bytes_fwd == Fraction(3, 4) * FLAT * F * B
+    assert [s.out for s in plan.placement("conv2").shards] == [(0, 64), (64, 128), (128, 192), (192, 256)]
+    assert [c.param_count for c in plan.costs] == [ALEXNET_PARAMS // 4] * 4
+
+
+def test_one_device_holds_everything_and_never_talks(alexnet):
+    plan = plan_of(alexnet, devices=1, exchange="auto")
+    assert plan.exchanges() == {}
+    assert [(c.param_count, c.bytes_in) for c in plan.costs] == [(ALEXNET_PARAMS, 0)]
+    assert plan.total_exchange_bytes == 0
+    assert plan.costs[0].flops == 3 * alexnet.total_flops * B
+
+
+@pytest.mark.parametrize("devices", [1, 2, 4, 8])
+@pytest.mark.parametrize("exchange", ["gather", "reduce", "auto"])
+def test_device_parameters_sum_to_the_model(alexnet, devices, exchange):
+    plan = plan_of(alexnet, devices=devices, exchange=exchange)
+    assert [c.param_count for c in plan.costs] == [ALEXNET_PARAMS // devices] * devices
+
+
+def _towers(groups: int) -> dict:
+    return {"name": "towers", "input": {"channels": 3, "size": 8}, "groups": groups, "layers": [
+        {"name": "c1", "op": "conv", "out": 8, "kernel": 3, "pad": 1, "connect": "full"},
+        {"name": "c2", "op": "conv", "out": 8, "kernel": 3, "pad": 1, "connect": "group"},
+        {"name": "flat", "op": "flatten"},
+        {"name": "fc", "op": "linear", "out": 4, "connect": "full"}]}
+
+
+@pytest.mark.parametrize(("groups", "devices", "c2_groups"), [
+    (4, 2, None),            # two towers per device: a group layer never leaves its device
+    (4, 4, None),            # one tower per device, the 2012 case
+    (2, 4, ((0, 1), (2, 3))),  # a tower over two devices: a group layer gathers within it
+])
+def test_devices_equal_divide_or_multiply_the_group_count(groups, devices, c2_groups):
+    spec = load_spec(_towers(groups))
+    plan = plan_of(spec, devices=devices)
+    ex = plan.exchanges()
+    assert (ex["c2"].groups if "c2" in ex else None) == c2_groups
+    assert ex["fc"].groups == (tuple(range(devices)),)
+    assert sum(c.param_count for c in plan.costs) == spec.total_params
+
+
+@pytest.mark.parametrize(("devices", "layer"), [(3, "conv1"), (6, "conv2"), (16, "fc8")])
+def test_devices_no_sharding_supports(alexnet, devices, layer):
+    # 96, 256, 384, 4096, 1000 channels and 2 towers: D must divide 8 = gcd(96, 1000)
+    with pytest.raises(PartitionError, match=rf"layer '{layer}' .* cannot be split over "
+                       rf"mesh.devices={devices}.*Values that work for alexnet: \[1, 2, 4, 8\]"):
+        plan_of(alexnet, devices=devices)
+
+
+def test_alexnet_small_splits_over_one_or_two_devices_only(alexnet_small):
+    # its fc8 has 10 outputs and its convs 32..96 channels: gcd 2
+    with pytest.raises(PartitionError, match=r"layer 'fc8' \(out=10, groups=2\).*\[1, 2\]"):
+        plan_of(alexnet_small, devices=4)
+
+
+def test_unknown_exchange_mode(alexnet_small):
+    with pytest.raises(PartitionError, match="partition.exchange='scatter'; valid: gather, reduce, auto"):
+        plan_of(alexnet_small, exchange="scatter")
