@@ -98,8 +98,32 @@ def _train(cfg: dict[str, Any]) -> int:
     return 0
 
 
+def _export(cfg: dict[str, Any]) -> int:
+    from splitnet.train.evaluate import export_checkpoint
+
+    if not cfg.get("ckpt") or not cfg.get("out"):
+        raise SplitnetError("export needs ckpt=PATH (a checkpoint or run folder) and out=FILE")
+    print(f"wrote {export_checkpoint(cfg['ckpt'], cfg['out'])}")
+    return 0
+
+
+def _evaluate(cfg: dict[str, Any]) -> int:
+    from splitnet.train.evaluate import evaluate_checkpoint
+
+    if not cfg.get("ckpt"):
+        raise SplitnetError("evaluate needs ckpt=PATH (a checkpoint or run folder)")
+    result = evaluate_checkpoint(cfg["ckpt"], cfg)
+    if cfg.get("format") == "json":
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} from {result['checkpoint']}: top-1 {result['top1']:.2%}, top-5 "
+              f"{result['top5']:.2%}, loss {result['val_loss']:.4f} on {result['val_samples']} images")
+    return 0
+
+
 def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
-    return {"describe": _describe, "plan": _plan, "verify": _verify, "train": _train}
+    return {"describe": _describe, "plan": _plan, "verify": _verify, "train": _train, "export": _export,
+            "evaluate": _evaluate}
 
 
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:

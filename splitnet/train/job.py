@@ -41,6 +41,21 @@ def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     if info.num_classes != spec.num_classes:
         raise SplitnetError(f"data {info.name!r} has {info.num_classes} classes but model {spec.name!r} "
                             f"ends in {spec.num_classes} outputs; change the last layer's out or the data")
+    resume = cfg["train"].get("resume")
+    if resume:  # refuse an unusable checkpoint before any process starts
+        from splitnet.train.checkpoint import (
+            CheckpointError,
+            complete_checkpoints,
+            find_checkpoint,
+            model_difference,
+            read_meta,
+        )
+
+        done = complete_checkpoints(run_dir / "checkpoints") if resume == "auto" else [find_checkpoint(resume)]
+        if done:
+            diff = model_difference(read_meta(done[-1])["config"]["model"], cfg["model"])
+            if diff is not None:
+                raise CheckpointError(f"checkpoint {done[-1]} is for a different model: {diff}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(plan.to_json())
     (run_dir / "plan.txt").write_text(plan_table(plan) + "\n")

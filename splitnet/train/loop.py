@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from splitnet.comm import Transport
 from splitnet.comm.exchange import share_metrics
@@ -26,6 +25,7 @@ from splitnet.runtime import ShardNet, build_shard, forward_backward
 from splitnet.runtime.schedule import pipeline_forward
 from splitnet.spec import ModelSpec, load_spec
 from splitnet.train import checkpoint
+from splitnet.train.evaluate import score, summarize
 from splitnet.train.schedule import LrSchedule
 
 
@@ -60,31 +60,15 @@ def forward_only(shard: ShardNet, x: torch.Tensor, transport: Transport) -> torc
 
 
 def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan, cfg: dict[str, Any],
-             crops: int) -> dict[str, float]:
-    """Top-1/top-5 error and loss on the whole validation split (every replica computes the same)."""
+             crops: int) -> dict[str, Any]:
+    """Top-1/top-5 and loss on the whole validation split (every replica computes the same)."""
     shard.eval()
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
                           batch_size=cfg["train"]["eval_batch_size"], replica=0, num_replicas=1, epoch=0,
-                          seed=cfg["seed"],
-                          crops=crops)
-    counts = torch.zeros(4, dtype=torch.float64)  # top-1 correct, top-5 correct, samples, loss sum
-    with torch.no_grad():
-        for x, y in loader:
-            b = x.shape[0]
-            logits = forward_only(shard, x.flatten(0, 1) if crops > 1 else x, transport)
-            if logits is None:
-                continue
-            probs = F.softmax(logits, dim=1).view(b, crops, -1).mean(1)  # paper 4.1: average the crops' softmax
-            top = probs.topk(min(5, probs.shape[1]), dim=1).indices
-            counts[0] += float((top[:, 0] == y).sum())
-            counts[1] += float((top == y[:, None]).any(dim=1).sum())
-            counts[2] += b
-            counts[3] += float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"))
-    counts = share_metrics(counts, transport, plan.output_rank)
-    n = max(float(counts[2]), 1.0)
+                          seed=cfg["seed"], crops=crops)
+    counts = score(lambda x: forward_only(shard, x, transport), loader, crops)
     shard.train()
-    return {"top1": float(counts[0]) / n, "top5": float(counts[1]) / n, "val_loss": float(counts[3]) / n,
-            "val_samples": int(counts[2])}
+    return summarize(share_metrics(counts, transport, plan.output_rank))
 
 
 def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +82,9 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
     reporter = transport.replica == 0 and transport.mp_rank == plan.output_rank
     log = _logger(run_dir, rank, console=reporter)
     shard = build_shard(spec, plan, rank, seed=seed, transport=transport)
+    held = sum(p.numel() for p in shard.parameters())
+    log.info(f"rank {rank} of {world_size}: replica {transport.replica}, device {transport.mp_rank}, "
+             f"layers {', '.join(shard.names)}; {held:,} parameters held")
     opt = torch.optim.SGD(shard.parameters(), lr=ocfg["lr"], momentum=ocfg["momentum"],
                           weight_decay=ocfg["weight_decay"])
     schedule = LrSchedule.from_config(ocfg)
@@ -183,8 +170,8 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         final = {"kind": "epoch", "epoch": epoch, "step": step, **val, "lr": schedule.lr(step), "lr_cut": cut}
         if reporter:
             _append(metrics_path, final)
-            log.info(f"epoch {epoch + 1}: top-1 {val['top1']:.2%}, top-5 {val['top5']:.2%}, "
-                     f"val loss {val['val_loss']:.4f}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
+        log.info(f"epoch {epoch + 1}: top-1 {val['top1']:.2%}, top-5 {val['top5']:.2%}, "
+                 f"val loss {val['val_loss']:.4f}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
         # an epoch cut short by train.max_steps resumes after its last batch taken
         save(*((epoch + 1, 0) if complete else (epoch, taken)))
         if stop:

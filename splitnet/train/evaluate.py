@@ -1,0 +1,76 @@
+"""Scoring a model on the validation split: the split model during training, or the
+merged single-device model from a checkpoint (``splitnet evaluate``); both count the
+same way, so their accuracies can be compared exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from splitnet.errors import SplitnetError
+
+
+def score(forward: Callable[[torch.Tensor], torch.Tensor | None],
+          loader: Iterable[tuple[torch.Tensor, torch.Tensor]], crops: int) -> torch.Tensor:
+    """Counts (top-1 correct, top-5 correct, samples, summed loss) over the loader.
+
+    With ten crops the softmax outputs of a sample's crops are averaged (paper 4.1).
+    ``forward`` may return None on ranks that do not hold the logits.
+    """
+    counts = torch.zeros(4, dtype=torch.float64)
+    with torch.no_grad():
+        for x, y in loader:
+            b = x.shape[0]
+            logits = forward(x.flatten(0, 1) if crops > 1 else x)
+            if logits is None:
+                continue
+            probs = F.softmax(logits, dim=1).view(b, crops, -1).mean(1)
+            top = probs.topk(min(5, probs.shape[1]), dim=1).indices
+            counts[0] += float((top[:, 0] == y).sum())
+            counts[1] += float((top == y[:, None]).any(dim=1).sum())
+            counts[2] += b
+            counts[3] += float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"))
+    return counts
+
+
+def summarize(counts: torch.Tensor) -> dict[str, Any]:
+    n = max(float(counts[2]), 1.0)
+    return {"top1": float(counts[0]) / n, "top5": float(counts[1]) / n, "val_loss": float(counts[3]) / n,
+            "val_samples": int(counts[2])}
+
+
+def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's merged state_dict (the reference's layout), atomically."""
+    from splitnet.train.checkpoint import find_checkpoint, merged_state, write_file_atomic
+
+    state = merged_state(find_checkpoint(ckpt))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(path, lambda p: torch.save(state, p))
+    return path
+
+
+def evaluate_checkpoint(ckpt: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's model merged onto one device (the reference), scored on cfg's data."""
+    from splitnet.data import build_loader
+    from splitnet.reference import build_reference
+    from splitnet.spec import load_spec
+    from splitnet.train.checkpoint import find_checkpoint, merged_state, read_meta
+
+    path = find_checkpoint(ckpt)
+    spec = load_spec(read_meta(path)["config"]["model"])
+    model = build_reference(spec, seed=0)
+    try:
+        model.load_state_dict(merged_state(path))
+    except RuntimeError as exc:
+        raise SplitnetError(f"checkpoint {path} does not fit model {spec.name!r}: {exc}") from exc
+    model.eval()
+    crops = cfg["train"]["eval_crops"]
+    loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
+                          batch_size=cfg["train"]["eval_batch_size"], replica=0, num_replicas=1, epoch=0,
+                          seed=cfg["seed"], crops=crops)
+    return {"checkpoint": str(path), "model": spec.name, **summarize(score(model, loader, crops))}

@@ -1,0 +1,140 @@
+"""splitnet train end to end through the simulate launcher (issue 6's tests)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from fractions import Fraction
+
+import pytest
+import torch
+
+from splitnet.cli import main
+from splitnet.launchers.simulate import WorkerFailed
+from splitnet.reference import build_reference
+from splitnet.runtime import merge_state
+from splitnet.spec import load_spec
+from splitnet.train.checkpoint import CheckpointError, complete_checkpoints
+from splitnet.train.curves import read_metrics
+from splitnet.train.evaluate import evaluate_checkpoint, export_checkpoint
+from tests.training import FAST, config, train
+
+
+def shards(result: dict) -> list[dict]:
+    return [r["params"] for r in sorted(result["results"], key=lambda r: r["rank"])]
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    """Two epochs of the default job (alexnet_small, 2 devices, embedded MNIST), smaller lr warm-up."""
+    run_dir = tmp_path_factory.mktemp("embedded")
+    return run_dir, train(run_dir, "train.epochs=2", "comm.timeout_s=120")
+
+
+@pytest.mark.timeout(240)
+def test_default_job_learns_the_embedded_digits(embedded_run):
+    run_dir, out = embedded_run
+    records = read_metrics(run_dir / "metrics.jsonl")
+    losses = [r["loss"] for r in records if r["kind"] == "step" and "loss" in r]
+    assert len(losses) == 70  # 2 epochs x 35 batches of 128 from 4,500 images
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:5]) / 5
+    final = out["final"]
+    assert final["val_samples"] == 500
+    assert final["top1"] > 0.5, "chance is 10%"
+
+
+@pytest.mark.timeout(240)
+def test_run_folder_holds_metrics_logs_pictures_and_checkpoints(embedded_run):
+    run_dir, out = embedded_run
+    plan = out["plan"]
+    records = read_metrics(run_dir / "metrics.jsonl")
+    for rank in (0, 1):
+        steps = [r for r in records if r["kind"] == "step" and r["rank"] == rank]
+        assert len(steps) == 70
+        expected = plan.expected(rank)
+        for r in steps:  # the meter's per-step, per-layer bytes are the plan's
+            assert r["comm"] == {k: round(f + b) for k, (f, b) in expected.items()}
+            assert r["comm_bytes"] == round(sum((f + b for f, b in expected.values()), Fraction(0)))
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    for name in ("curves.png", "plan.png", "plan.json", "plan.txt", "logs/rank0.log", "logs/rank1.log"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = complete_checkpoints(run_dir / "checkpoints")
+    assert [p.name for p in done] == ["step_00000035", "step_00000070"]
+    assert sorted(p.name for p in done[-1].iterdir()) == ["meta.json", "rank0.pt", "rank1.pt"]
+
+
+@pytest.mark.timeout(240)
+def test_export_and_reference_evaluation_match_the_split_evaluation(embedded_run, tmp_path):
+    run_dir, out = embedded_run
+    state_file = export_checkpoint(run_dir, tmp_path / "model.pt")
+    state = torch.load(state_file, weights_only=True)
+    model = build_reference(load_spec(config()["model"]))
+    model.load_state_dict(state)  # the reference loads the split model's weights
+    result = evaluate_checkpoint(run_dir, config())
+    assert result["val_samples"] == out["final"]["val_samples"] == 500
+    assert abs(result["top1"] - out["final"]["top1"]) <= 1 / 500  # at most one near-tie flips
+    assert abs(result["val_loss"] - out["final"]["val_loss"]) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("straight")
+    return train(run_dir, *FAST, "train.epochs=2")
+
+
+@pytest.mark.timeout(180)
+def test_resume_continues_the_same_run_bitwise(straight, tmp_path):
+    train(tmp_path, *FAST, "train.epochs=1")
+    # a checkpoint killed half-way (no meta.json, still .partial) must never be picked
+    partial = tmp_path / "checkpoints" / "step_00000099.partial"
+    partial.mkdir()
+    (partial / "rank0.pt").write_bytes(b"half a file")
+    resumed = train(tmp_path, *FAST, "train.epochs=2", "train.resume=auto")
+    assert resumed["final"]["step"] == straight["final"]["step"] == 6
+    for a, b in zip(shards(straight), shards(resumed), strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mesh", [["mesh.devices=1"], ["partition=pipeline", "partition.microbatches=2"]])
+def test_resume_on_another_mesh(straight, tmp_path, mesh):
+    train(tmp_path, *FAST, "train.epochs=1")
+    resumed = train(tmp_path, *FAST, *mesh, "train.epochs=2", "train.resume=auto")
+    want = merge_state(straight["plan"], shards(straight))
+    got = merge_state(resumed["plan"], shards(resumed))
+    for name, value in want.items():
+        assert torch.allclose(got[name], value, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.timeout(120)
+def test_incompatible_checkpoint_is_refused_before_spawning(straight, tmp_path):
+    train(tmp_path, *FAST, "train.epochs=1", "train.max_steps=1")
+    with pytest.raises(CheckpointError, match=r"different model: layer 'fc7': out 256 -> 128"):
+        train(tmp_path, *FAST, "train.resume=auto", "model.layers.19.out=128")
+
+
+@pytest.mark.timeout(120)
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    train(tmp_path, *FAST, "train.epochs=1", "train.max_steps=1")
+    ckpt = complete_checkpoints(tmp_path / "checkpoints")[-1]
+    (ckpt / "rank1.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WorkerFailed, match=r"rank1\.pt is corrupt"):
+        train(tmp_path, *FAST, "train.epochs=1", "train.resume=auto")
+    with pytest.raises(CheckpointError, match=r"rank1\.pt is corrupt"):
+        export_checkpoint(ckpt, tmp_path / "out.pt")
+    shutil.rmtree(ckpt)
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        export_checkpoint(tmp_path, tmp_path / "out.pt")
+
+
+@pytest.mark.timeout(120)
+def test_cli_train_and_evaluate(tmp_path, capsys):
+    assert main(["train", *FAST, "train.epochs=1", f"hydra.run.dir={tmp_path}"]) == 0
+    assert "final held-out top-1 accuracy" in capsys.readouterr().out
+    assert main(["evaluate", *FAST, f"ckpt={tmp_path}", "format=json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after any log lines
+    assert result["model"] == "alexnet_small" and result["val_samples"] == 16

@@ -1,0 +1,27 @@
+"""Shared helpers for the training tests: configs composed from conf/, runs in tmp folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+# A tiny, fast, deterministic job: synthetic data, 3 batches of 16 per epoch.
+FAST = ["data=synthetic", "data.num_classes=10", "data.train_batches=3", "data.val_batches=1",
+        "batch_size=16", "train.eval_batch_size=16", "comm.timeout_s=60"]
+
+
+def config(*overrides: str) -> dict[str, Any]:
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def train(run_dir: Path, *overrides: str) -> dict[str, Any]:
+    from splitnet.train.job import run_train
+
+    return run_train(config(*overrides), run_dir)
