@@ -138,3 +138,16 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert main(["evaluate", *FAST, f"ckpt={tmp_path}", "format=json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after any log lines
     assert result["model"] == "alexnet_small" and result["val_samples"] == 16
+
+
+@pytest.mark.timeout(120)
+def test_tensorboard_event_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tmp_path, *FAST, "train.epochs=1", "logging.tensorboard=true")
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+    records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in records])
+    assert len(events.Scalars("val/top1")) == 1

@@ -8,6 +8,7 @@ to fail stops all the others, and its exception and traceback are raised here
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import multiprocessing.connection
@@ -41,6 +42,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_LISTENERS: list[socket.socket] = []
+
+
+def loopback_store(port: int, rank: int, world: int, timeout_s: float) -> Any:
+    """The rendezvous store, listening on 127.0.0.1 only.
+
+    TCPStore's own server listens on every interface; handing it a socket we bound to
+    loopback keeps it off the machine's network.
+    """
+    import torch.distributed as dist
+
+    timeout = timedelta(seconds=timeout_s)
+    if rank != 0:
+        return dist.TCPStore("127.0.0.1", port, world, False, timeout)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    _LISTENERS.append(listener)  # the socket must stay open as long as the store serves
+    return dist.TCPStore("127.0.0.1", port, world, True, timeout, master_listen_fd=listener.fileno())
+
+
 def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         try:
@@ -59,16 +82,28 @@ def _entry(job: Job, rank: int, world: int, cfg: dict[str, Any], port: int, thre
     try:
         import torch.distributed as dist
 
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group("gloo", store=loopback_store(port, rank, world, timeout_s), rank=rank,
+                                world_size=world, timeout=timedelta(seconds=timeout_s))
         result = job(rank, world, cfg)
         torch.save(result, Path(out) / f"rank{rank}.pt")
         dist.destroy_process_group()
     except BaseException as exc:  # report everything, including KeyboardInterrupt, then die
         detail = "".join(traceback.format_exception(exc))
         (Path(out) / f"rank{rank}.err").write_text(detail)
+        with contextlib.suppress(FileExistsError):  # the first rank to report claims the job's error
+            os.symlink(f"rank{rank}.err", Path(out) / "first.err")
         sys.stderr.flush()
         os._exit(1)
+
+
+def _failure(out: Path, rank: int, exitcode: int) -> WorkerFailed:
+    """The root cause, not its echo: once a rank dies its peers fail too ("connection closed
+    by peer"), and a busy parent may notice one of them first. The first rank to report wins;
+    a rank that died without a report (a signal, the OOM killer) is its own cause."""
+    if (out / f"rank{rank}.err").exists() and (out / "first.err").is_symlink():
+        rank = int(os.readlink(out / "first.err").removeprefix("rank").removesuffix(".err"))
+    err = out / f"rank{rank}.err"
+    return WorkerFailed(rank, err.read_text() if err.exists() else f"exit code {exitcode}")
 
 
 def launch(job: Job, world_size: int, cfg: dict[str, Any], *, threads: int | None = None,
@@ -90,14 +125,13 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any], *, threads: int | Non
                     rank, proc = running.pop(sentinel)
                     proc.join()
                     if proc.exitcode != 0:
-                        err = Path(out) / f"rank{rank}.err"
-                        detail = err.read_text() if err.exists() else f"exit code {proc.exitcode}"
-                        raise WorkerFailed(rank, detail)
+                        raise _failure(Path(out), rank, proc.exitcode)
         finally:
-            for p in procs:
+            started = [p for p in procs if p.pid is not None]  # a start that failed must not mask its error
+            for p in started:
                 if p.is_alive():
                     p.terminate()
-            for p in procs:
+            for p in started:
                 p.join(timeout=10)
                 if p.is_alive():
                     p.kill()

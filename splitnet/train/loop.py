@@ -20,6 +20,7 @@ import torch
 from splitnet.comm import Transport
 from splitnet.comm.exchange import share_metrics
 from splitnet.data import build_loader
+from splitnet.errors import SplitnetError
 from splitnet.partition.plan import Plan
 from splitnet.runtime import ShardNet, build_shard, forward_backward
 from splitnet.runtime.schedule import pipeline_forward
@@ -105,6 +106,14 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         step, first_epoch, skip = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         log.info(f"resumed from {ckpt} at step {step} (epoch {first_epoch}, batch {skip})")
     metrics_path = run_dir / "metrics.jsonl"
+    board = None
+    if reporter and cfg.get("logging", {}).get("tensorboard"):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise SplitnetError("logging.tensorboard=true needs the tensorboard package: "
+                                "pip install 'splitnet[tensorboard]'") from exc
+        board = SummaryWriter(str(run_dir / "tensorboard"))
 
     def save(epoch: int, batch_in_epoch: int) -> None:
         root = run_dir / "checkpoints"
@@ -153,6 +162,9 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
                 images = plan.batch_size * plan.replicas / seconds
                 record.update(loss=float(result.loss), lr=lr, images_per_s=images, step_s=seconds)
                 bar.set_postfix(loss=f"{float(result.loss):.3f}", lr=f"{lr:.3g}", img_s=f"{images:.0f}")
+                if board is not None:
+                    for key in ("loss", "lr", "images_per_s", "comm_bytes"):
+                        board.add_scalar(f"train/{key}", record[key], step)
             if step % tcfg["log_every"] == 0:
                 _append(metrics_path, record)
             bar.update(1)
@@ -170,11 +182,17 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         final = {"kind": "epoch", "epoch": epoch, "step": step, **val, "lr": schedule.lr(step), "lr_cut": cut}
         if reporter:
             _append(metrics_path, final)
+            if board is not None:
+                for key in ("top1", "top5", "val_loss"):
+                    board.add_scalar(f"val/{key}", val[key], step)
+                board.flush()
         log.info(f"epoch {epoch + 1}: top-1 {val['top1']:.2%}, top-5 {val['top5']:.2%}, "
                  f"val loss {val['val_loss']:.4f}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
         # an epoch cut short by train.max_steps resumes after its last batch taken
         save(*((epoch + 1, 0) if complete else (epoch, taken)))
         if stop:
             break
+    if board is not None:
+        board.close()
     return {"rank": rank, "reporter": reporter, "final": final, "step": step,
             "params": {n: p.detach().clone() for n, p in shard.named_parameters()}}
