@@ -46,7 +46,7 @@ class Weighted(nn.Module):
         self.read, self.pre, self.pre_dim, self.post, self.post_all = read, pre, pre_dim, post, post_all
         self.out_range, self.channels = out_range, layer.out
 
-    def _apply(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+    def _compute(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.op == "conv":
             return F.conv2d(x, self.weight, bias, self.stride, self.pad, 1, self.groups)
         return grouped_linear(x, self.weight, bias, self.groups)
@@ -58,8 +58,8 @@ class Weighted(nn.Module):
         if (a, b) != (0, x.shape[1]):
             x = x[:, a:b]
         if self.post is None:
-            return self._apply(x, self.bias)
-        partial = self._apply(x, None)
+            return self._compute(x, self.bias)
+        partial = self._compute(x, None)
         if self.post_all:  # each rank adds its bias rows before the sum: the sum holds every bias once
             o0, o1 = self.out_range
             bias = F.pad(self.bias, (o0, self.channels - o1))
