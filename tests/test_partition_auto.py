@@ -87,3 +87,10 @@ def test_a_fixed_strategy_that_does_not_fit(alexnet):
     with pytest.raises(PartitionError, match=r"columns: rank 0 needs [\d,]+ bytes, [\d,]+ more than "
                                              r"mesh.device_memory=104,857,600; use more devices"):
         make_plan(alexnet, {"strategy": "columns"}, Mesh(devices=2, device_memory=100 * 2**20), 128)
+
+
+def test_auto_honours_a_forced_exchange_mode(alexnet):
+    from splitnet.partition import Mesh, make_plan
+
+    plan = make_plan(alexnet, {"strategy": "auto", "exchange": "gather"}, Mesh(2), 128)
+    assert {c["options"].get("exchange") for c in plan.candidates if c["strategy"] != "pipeline"} == {"gather"}

@@ -176,3 +176,28 @@ def test_microbatches_must_divide_the_batch(alexnet_small, microbatches):
     with pytest.raises(PartitionError, match=rf"partition.microbatches={microbatches} must be >= 1 and "
                                              r"divide batch_size=128"):
         pipeline(alexnet_small, 2, microbatches=microbatches)
+
+
+def test_equal_cuts_prefer_the_boundary_that_sends_fewer_bytes():
+    from splitnet.partition.pipeline import balanced_starts
+
+    # cutting before layer 1 or before layer 2 both give stages of 5: layer 2's input is smaller
+    assert balanced_starts([5, 0, 5], 2, cut_bytes=[0, 10, 1]) == [0, 2]
+    assert balanced_starts([5, 0, 5], 2, cut_bytes=[0, 1, 10]) == [0, 1]
+
+
+def test_alexnet_small_balanced_on_params_cuts_where_the_activation_is_smallest(alexnet_small):
+    from splitnet.partition import Mesh, make_plan
+
+    plan = make_plan(alexnet_small, {"strategy": "pipeline", "balance": "params", "microbatches": 1},
+                     Mesh(2), 8)
+    cut = [p.name for p in plan.layers if p.exchange is not None]
+    assert cut in (["flatten"], ["fc6"])  # both read the 64x3x3 = 576 values after pool5
+    assert plan.placement(cut[0]).exchange.bytes_fwd == 8 * 576 * 4
+
+
+def test_microbatches_must_be_a_whole_number(alexnet_small):
+    from splitnet.partition import Mesh, PartitionError, make_plan
+
+    with pytest.raises(PartitionError, match="microbatches=2.5"):
+        make_plan(alexnet_small, {"strategy": "pipeline", "microbatches": 2.5}, Mesh(2), 8)

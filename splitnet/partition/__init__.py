@@ -45,8 +45,9 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
     if strategy == "columns":
         rows = columns(spec, d, str(cfg.get("exchange", "auto")), batch, dtype_bytes)
     elif strategy == "pipeline":
-        microbatches = int(cfg.get("microbatches", 1))
-        if microbatches < 1 or batch % microbatches:
+        microbatches = cfg.get("microbatches", 1)
+        if isinstance(microbatches, bool) or not isinstance(microbatches, int) or microbatches < 1 \
+                or batch % microbatches:
             raise PartitionError(f"pipeline: partition.microbatches={microbatches} must be >= 1 and "
                                  f"divide batch_size={batch}")
         rows, share = pipeline(spec, d, str(cfg.get("balance", "flops")), cfg.get("boundaries"),

@@ -30,11 +30,12 @@ def estimate(plan: Plan, mesh: Mesh) -> dict[str, float]:
 
 
 def candidates(partition: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    m = int(partition.get("microbatches", 4))
+    m = partition.get("microbatches", 4)
+    exchange = partition.get("exchange", "auto")
+    modes = [exchange] if exchange != "auto" else ["auto", "gather"]
     return [
-        ("columns", {"exchange": "auto"}),
-        ("columns", {"exchange": "gather"}),
-        ("hybrid", {"exchange": "auto"}),
+        *[("columns", {"exchange": mode}) for mode in modes],
+        ("hybrid", {"exchange": exchange}),
         ("pipeline", {"balance": "flops", "microbatches": m}),
         ("pipeline", {"balance": "params", "microbatches": m}),
     ]

@@ -16,23 +16,36 @@ from splitnet.partition.plan import Exchange, Placement, Shard
 from splitnet.spec import ModelSpec
 
 
-def balanced_starts(costs: Sequence[int], stages: int) -> list[int]:
-    """First layer index of each stage, minimising the largest stage sum (each stage non-empty)."""
+def balanced_starts(costs: Sequence[int], stages: int, cut_bytes: Sequence[int] | None = None) -> list[int]:
+    """First layer index of each stage, minimising the largest stage sum (each stage non-empty).
+
+    Among the cuts that reach that minimum, the one whose boundaries send the fewest bytes
+    (``cut_bytes[i]``: what a cut before layer i sends) wins; weightless layers cost almost
+    nothing, so without this the cut would land on either side of them by chance.
+    """
     n = len(costs)
     prefix = [0]
     for c in costs:
         prefix.append(prefix[-1] + c)
     inf = float("inf")
-    # best[s][i]: the smallest possible largest stage over the first i layers cut into s stages
-    best = [[inf] * (n + 1) for _ in range(stages + 1)]
-    cut = [[0] * (n + 1) for _ in range(stages + 1)]
-    best[0][0] = 0
-    for s in range(1, stages + 1):
-        for i in range(s, n + 1):
-            for j in range(s - 1, i):
-                value = max(best[s - 1][j], prefix[i] - prefix[j])
-                if value < best[s][i]:
-                    best[s][i], cut[s][i] = value, j
+
+    def solve(key: object) -> tuple[list[list[float]], list[list[int]]]:
+        best = [[inf] * (n + 1) for _ in range(stages + 1)]
+        cut = [[0] * (n + 1) for _ in range(stages + 1)]
+        best[0][0] = 0
+        for s in range(1, stages + 1):
+            for i in range(s, n + 1):
+                for j in range(s - 1, i):
+                    value = key(best[s - 1][j], j, i)  # type: ignore[operator]
+                    if value < best[s][i]:
+                        best[s][i], cut[s][i] = value, j
+        return best, cut
+
+    # pass 1: the smallest possible largest stage; pass 2: fewest bytes among cuts within it
+    best, cut = solve(lambda prev, j, i: max(prev, prefix[i] - prefix[j]))
+    limit = best[stages][n]
+    sends = cut_bytes or [0] * n
+    _, cut = solve(lambda prev, j, i: prev + (sends[j] if j else 0) if prefix[i] - prefix[j] <= limit else inf)
     starts, i = [], n
     for s in range(stages, 0, -1):
         i = cut[s][i]
@@ -64,7 +77,7 @@ def stage_starts(spec: ModelSpec, stages: int, balance: str, boundaries: Sequenc
     if balance not in ("flops", "params"):
         raise PartitionError(f"pipeline: partition.balance={balance!r}; valid: flops, params")
     costs = [layer.flops if balance == "flops" else layer.params for layer in spec.layers]
-    return balanced_starts(costs, stages)
+    return balanced_starts(costs, stages, [prod(layer.in_shape) for layer in spec.layers])
 
 
 def pipeline(spec: ModelSpec, stages: int, balance: str, boundaries: Sequence[str] | None,
