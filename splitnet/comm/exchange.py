@@ -10,19 +10,17 @@ Each forward collective is paired with the backward that makes the gradient exac
 | reduce_scatter  | reduce-scatter partial sums   | all-gather the output gradient         |
 | all_reduce      | all-reduce partial sums       | identity (same reasoning as logits)    |
 
-plus point-to-point activation/gradient transfer for pipeline stages and the gradient
-all-reduce for replicated weights. Layers call these through a ``Link`` bound to one
+plus point-to-point activation/gradient transfer for pipeline stages (and, in
+comm/buckets.py, the gradient all-reduce for replicated weights). Layers call these through a ``Link`` bound to one
 exchange point of the plan; nothing else in splitnet issues a collective.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from splitnet.comm.transport import Transport
 
@@ -125,28 +123,3 @@ def share_metrics(values: torch.Tensor, transport: Transport, src: int) -> torch
     if transport.mp_rank != src:
         values = torch.zeros_like(values)
     return transport.all_reduce(values.clone(), transport.group(tuple(range(devices))), devices, "eval", "fwd")
-
-
-BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size: few calls, little extra memory
-
-
-def all_reduce_grads(params: Iterable[nn.Parameter], transport: Transport, group: Any, k: int,
-                     layer: str, average: bool) -> None:
-    """Sum (or average) gradients over a group in flat buckets: replicated conv weights
-    (hybrid, within the model-parallel group) or whole shards (over replicas)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for i, g in enumerate(grads):
-        bucket.append(g)
-        size += g.numel() * g.element_size()
-        if size >= BUCKET_BYTES or i == len(grads) - 1:
-            flat = torch.cat([b.reshape(-1) for b in bucket])
-            transport.all_reduce(flat, group, k, layer, "bwd")
-            if average:
-                flat /= k
-            offset = 0
-            for b in bucket:
-                b.copy_(flat[offset:offset + b.numel()].view_as(b))
-                offset += b.numel()
-            bucket, size = [], 0

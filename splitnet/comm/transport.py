@@ -108,10 +108,13 @@ class Transport:
         return out
 
     def all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> torch.Tensor:
-        x = x.contiguous()
-        self.wait(dist.all_reduce(x, group=group, async_op=True), layer, "all_reduce")
-        self.meter.record(layer, direction, "all_reduce", x.numel() * x.element_size(), k)
+        self.wait(self.start_all_reduce(x, group, k, layer, direction), layer, "all_reduce")
         return x
+
+    def start_all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> Any:
+        """Sum ``x`` (contiguous) in place over the group without waiting; returns the work."""
+        self.meter.record(layer, direction, "all_reduce", x.numel() * x.element_size(), k)
+        return dist.all_reduce(x, group=group, async_op=True)
 
     def send(self, x: torch.Tensor, mp_dst: int, tag: int) -> Any:
         """Start sending; the receiver meters the bytes. Returns the work to wait on later."""

@@ -58,9 +58,14 @@ def pipeline_forward(shard: ShardNet, x: torch.Tensor, transport: Transport) -> 
 
 def gpipe_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: Transport, step: int,
                row_offset: int, full_batch: int,
-               loss_fn: Callable[..., torch.Tensor] = F.cross_entropy) -> tuple[torch.Tensor | None,
-                                                                                   torch.Tensor | None]:
-    """One training step of this stage; returns (loss, logits) on the last stage, else (None, None)."""
+               loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
+               before_last_backward: Callable[[], None] | None = None,
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One training step of this stage; returns (loss, logits) on the last stage, else (None, None).
+
+    ``before_last_backward`` runs just before the backward that completes the gradients
+    (the first micro-batch's, the last to run), so gradient sums can start during it.
+    """
     plan = shard.plan
     stage, stages, m_count = shard.mp_rank, plan.devices, plan.microbatches
     batch = x.shape[0]
@@ -84,6 +89,8 @@ def gpipe_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: Tra
         for m in range(m_count):
             losses.append(loss_fn(outputs[m], y[m * mb:(m + 1) * mb], reduction="sum") / batch)
     for m in reversed(range(m_count)):
+        if m == 0 and before_last_backward is not None:  # this backward completes the gradients
+            before_last_backward()
         if stage == stages - 1:
             losses[m].backward()
         else:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from splitnet.comm.exchange import all_reduce_grads
+from splitnet.comm.buckets import GradBuckets
 from splitnet.comm.transport import Transport
 from splitnet.layers import set_step
 from splitnet.runtime.schedule import gpipe_step
@@ -31,27 +31,59 @@ def forward_backward(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transpor
     plan = shard.plan
     batch = x.shape[0]
     row_offset, full_batch = transport.replica * batch, plan.replicas * batch
+    syncs = gradient_syncs(shard, transport)
     if plan.strategy == "pipeline":
-        loss, logits = gpipe_step(shard, x, y, transport, step, row_offset, full_batch)
+        loss, logits = gpipe_step(shard, x, y, transport, step, row_offset, full_batch,
+                                  before_last_backward=syncs.arm)
     else:
         set_step(shard, step, row_offset, full_batch)
         logits = shard(x)
         loss = F.cross_entropy(logits, y)
+        syncs.arm()
         loss.backward()
         loss, logits = loss.detach(), logits.detach()
-    sync_gradients(shard, transport)
+    syncs.finish()
     return StepResult(loss, logits)
 
 
-def sync_gradients(shard: ShardNet, transport: Transport) -> None:
-    """Sum replicated conv gradients over the devices (hybrid), average shards over replicas."""
-    plan = shard.plan
-    names = {p.name for p in plan.layers}
-    if "conv_grads" in names and transport.mesh.devices > 1:
-        conv = [getattr(shard, p.name) for p in plan.layers if p.batch_split]
-        params = [param for module in conv for param in module.parameters()]
-        group = tuple(range(plan.devices))
-        all_reduce_grads(params, transport, transport.group(group), plan.devices, "conv_grads", average=False)
-    if "replicas" in names and transport.replica_group is not None:
-        all_reduce_grads(shard.parameters(), transport, transport.replica_group, plan.replicas, "replicas",
-                         average=True)
+class GradientSyncs:
+    """The plan's gradient exchanges for one shard, in the order they must finish.
+
+    Hybrid conv weights are summed over the devices first and averaged over replicas
+    after, so they wait for backward to end; every other shard's gradients are averaged
+    over replicas while backward still runs.
+    """
+
+    def __init__(self, shard: ShardNet, transport: Transport) -> None:
+        plan = shard.plan
+        names = {p.name for p in plan.layers}
+        conv = [param for p in plan.layers if p.batch_split and hasattr(shard, p.name)
+                for param in getattr(shard, p.name).parameters()]
+        rest = [param for param in shard.parameters() if all(param is not c for c in conv)]
+        self.ordered: list[GradBuckets] = []
+        if "conv_grads" in names and plan.devices > 1 and conv:
+            group = transport.group(tuple(range(plan.devices)))
+            self.ordered.append(GradBuckets(conv, transport, group, plan.devices, "conv_grads",
+                                            average=False, overlap=False))
+        if "replicas" in names and transport.replica_group is not None:
+            group, r = transport.replica_group, plan.replicas
+            if conv:
+                self.ordered.append(GradBuckets(conv, transport, group, r, "replicas", average=True, overlap=False))
+            self.ordered.append(GradBuckets(rest, transport, group, r, "replicas", average=True, overlap=True))
+
+    def arm(self) -> None:
+        for sync in self.ordered:
+            sync.arm()
+
+    def finish(self) -> None:
+        for sync in self.ordered:
+            sync.finish()
+
+
+def gradient_syncs(shard: ShardNet, transport: Transport) -> GradientSyncs:
+    """The shard's gradient syncs, made once (their hooks stay on the parameters)."""
+    syncs = shard.__dict__.get("_gradient_syncs")
+    if syncs is None:
+        syncs = GradientSyncs(shard, transport)
+        shard.__dict__["_gradient_syncs"] = syncs
+    return syncs
