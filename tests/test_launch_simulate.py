@@ -1,0 +1,86 @@
+"""launcher=simulate: results by rank; a failing rank stops every rank with its own error;
+a stalled peer becomes the timeout error, not a hang."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import time
+
+import pytest
+
+from splitnet.comm import StalledExchange
+from splitnet.launchers.simulate import WorkerFailed, launch
+from tests.splitting import plan_of, raising_job, stalling_job, verify_cfg
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.timeout(60)
+def test_a_rank_that_raises_stops_every_rank_with_its_error(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(WorkerFailed) as failed:
+        launch(raising_job, 3, {"fail_rank": 1, "pid_dir": str(tmp_path), "message": "rank one broke: bad shard"})
+    assert failed.value.rank == 1
+    message = str(failed.value)
+    assert message.startswith("rank 1 failed:")
+    assert "ValueError: rank one broke: bad shard" in message and "raising_job" in message  # its traceback
+    # ranks 0 and 2 were blocked in an all-reduce rank 1 never joined: stopped, not left running
+    pids = [int((tmp_path / f"rank{r}.pid").read_text()) for r in (0, 2)]
+    assert all(_gone(pid) for pid in pids)
+    assert multiprocessing.active_children() == []
+    assert time.monotonic() - start < 45  # far below the collectives' 300 s default timeout
+
+
+@pytest.mark.timeout(60)
+def test_the_root_cause_wins_when_the_launcher_notices_late(tmp_path, monkeypatch):
+    """Once rank 1 dies, ranks 0 and 2 fail too ("connection closed by peer"). A loaded
+    parent that notices only after all three died, rank 0 first, must still report rank 1."""
+    real_wait = multiprocessing.connection.wait
+
+    def late_wait(objects, timeout=None):
+        pending = list(objects)
+        while pending:
+            ready = real_wait(pending)
+            pending = [o for o in pending if o not in ready]
+        return list(objects)
+
+    monkeypatch.setattr(multiprocessing.connection, "wait", late_wait)
+    with pytest.raises(WorkerFailed) as failed:
+        launch(raising_job, 3, {"fail_rank": 1, "pid_dir": str(tmp_path), "message": "the root cause"})
+    assert failed.value.rank == 1
+    assert "ValueError: the root cause" in str(failed.value)
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_peer_gives_the_timeout_error_naming_rank_and_layer():
+    cfg = verify_cfg(devices=2, timeout_s=3, exchange="gather")
+    plan = plan_of(cfg)
+    first = next(iter(plan.exchanges()))
+    assert first == "conv3"
+    start = time.monotonic()
+    with pytest.raises(WorkerFailed) as failed:
+        launch(stalling_job, 2, {**cfg, "plan": plan.to_dict(), "stall_rank": 1})
+    assert failed.value.rank == 0
+    message = str(failed.value)
+    assert StalledExchange.__name__ in message
+    assert "rank 0: the all_gather at layer 'conv3' did not complete within comm.timeout_s=3s" in message
+    assert multiprocessing.active_children() == []
+    assert time.monotonic() - start < 45
+
+
+@pytest.mark.timeout(60)
+def test_a_job_spawn_cannot_pickle_fails_with_the_pickling_error():
+    def local_job(rank, world, cfg):  # spawn needs a module-level function
+        return rank
+
+    with pytest.raises(AttributeError, match="Can't pickle local object"):
+        launch(local_job, 2, {})
+    assert multiprocessing.active_children() == []

@@ -1,0 +1,92 @@
+"""Split equals reference: every strategy, run as CPU processes by ``run_verify``.
+
+Training mode with dropout on, 2 SGD-momentum steps at batch 8 (per replica). Each case
+checks values (logits, loss, gradients, parameters after the steps), the meter against
+the plan at every exchange point (and nowhere else), and each rank's parameter bytes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from splitnet.spec import load_spec
+from splitnet.verify import run_verify
+from tests.splitting import alexnet_small_12, assert_equivalent, plan_of, random_spec, verify_cfg
+
+# (config, exchange points the case must have, with their modes: the case is what its id says)
+GATHER4 = dict.fromkeys(("norm1", "conv2", "norm2", "conv3", "conv4", "conv5"), "gather")
+CASES = [
+    pytest.param(verify_cfg(devices=1), {}, id="columns-D1"),
+    pytest.param(verify_cfg(devices=2, exchange="gather"),
+                 {"conv3": "gather", "fc6": "gather", "fc7": "gather", "fc8": "gather", "loss": "logits"},
+                 id="columns-D2-gather"),
+    pytest.param(verify_cfg(devices=2, exchange="reduce"),
+                 {"conv3": "reduce", "fc6": "reduce", "fc7": "reduce", "fc8": "reduce"}, id="columns-D2-reduce"),
+    # D=4: each tower spans 2 devices, so LRN and the group convs gather within a tower
+    pytest.param(verify_cfg(alexnet_small_12(), devices=4), GATHER4, id="columns-D4-towers-over-2"),
+    pytest.param(verify_cfg(partition="pipeline", devices=2, microbatches=1), {}, id="pipeline-D2-M1"),
+    pytest.param(verify_cfg(partition="pipeline", devices=2, microbatches=4), {}, id="pipeline-D2-M4"),
+    pytest.param(verify_cfg(partition="pipeline", devices=3, microbatches=1), {}, id="pipeline-D3-M1"),
+    pytest.param(verify_cfg(partition="pipeline", devices=3, microbatches=4), {}, id="pipeline-D3-M4"),
+    pytest.param(verify_cfg(partition="hybrid", devices=2, exchange="gather"),
+                 {"fc6": "batch", "fc7": "gather", "loss": "logits", "conv_grads": "grads"}, id="hybrid-D2"),
+    pytest.param(verify_cfg(devices=2, replicas=2, exchange="reduce"),
+                 {"conv3": "reduce", "fc8": "reduce", "replicas": "grads"}, id="replicas2-x-D2-reduce"),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("cfg", "must_talk"), CASES)
+def test_split_equals_reference(cfg, must_talk):
+    plan = assert_equivalent(run_verify(cfg), cfg)
+    exchanges = plan.exchanges()
+    assert {name: exchanges[name].mode for name in must_talk if name in exchanges} == must_talk
+    if plan.strategy == "pipeline":  # stage s+1's first layer receives from stage s, nothing else talks
+        assert [ex.mode for ex in exchanges.values()] == ["send"] * (plan.devices - 1)
+        assert plan.microbatches == cfg["partition"]["microbatches"]
+    if plan.devices == 1:
+        assert exchanges == {}
+
+
+# Seeded random specs: (seed, columns devices, columns exchange mode), each also run with
+# hybrid over 2 devices. Seed 0 over 4 devices has an LRN of size 1 whose group spans
+# devices: no exchange is needed there, and the shard must not ask for one.
+RANDOM = [(0, 4, "auto"), (6, 2, "gather"), (7, 2, "reduce")]
+
+
+def test_random_specs_are_valid_deterministic_and_cover_every_feature():
+    specs = [load_spec(random_spec(seed)) for seed, _, _ in RANDOM]
+    assert all(random_spec(seed) == random_spec(seed) for seed, _, _ in RANDOM)
+    layers = [layer for spec in specs for layer in spec.layers]
+    convs = [layer for layer in layers if layer.op == "conv"]
+    assert {layer.op for layer in layers} == {"conv", "linear", "relu", "lrn", "maxpool", "dropout", "flatten"}
+    assert {layer.groups for layer in layers if layer.weighted} == {1, 2, 4}
+    assert {(layer.op, layer.connect) for layer in layers if layer.weighted} == {
+        ("conv", "group"), ("conv", "full"), ("linear", "group"), ("linear", "full")}
+    assert {layer.stride for layer in convs} == {1, 2} and {layer.pad for layer in convs} == {0, 1}
+    assert {layer.size == 1 for layer in layers if layer.op == "lrn"} == {True, False}
+    modes = {ex.mode for seed, devices, exchange in RANDOM
+             for ex in plan_of(verify_cfg(random_spec(seed), devices=devices, exchange=exchange)).exchanges().values()}
+    assert {"gather", "reduce"} <= modes
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("seed", "devices", "exchange"), RANDOM)
+def test_random_spec_split_equals_reference(seed, devices, exchange):
+    model = random_spec(seed)
+    for cfg in (verify_cfg(model, devices=devices, exchange=exchange), verify_cfg(model, "hybrid", devices=2)):
+        assert_equivalent(run_verify(cfg), cfg)
+
+
+@pytest.mark.timeout(120)
+def test_alexnet_224_one_step_on_two_ranks():
+    cfg = verify_cfg("alexnet", devices=2, steps=1, batch=2)
+    start = time.monotonic()
+    report = run_verify(cfg)
+    elapsed = time.monotonic() - start
+    plan = assert_equivalent(report, cfg)
+    assert report["model"] == "alexnet" and report["steps"] == 1
+    assert sum(c.param_count for c in plan.costs) == 60_965_224
+    assert elapsed < 60, f"one alexnet step on 2 ranks took {elapsed:.0f}s"
