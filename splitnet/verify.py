@@ -3,15 +3,26 @@ exchanges equal to the plan's, by running both.
 
 The plan's ranks run K SGD-momentum steps as CPU processes (launcher=simulate) on
 random batches of the spec's input shape; the reference runs the same K steps here.
-Compared: logits, loss, every parameter's gradient at every step, and the parameters
-after K steps (max absolute difference, and relative to the largest reference value);
-per rank and step, the meter's bytes at every layer against the plan's, exactly.
+Compared: logits and loss at every step, every parameter's gradient at every step, and
+every parameter's change over the K steps (the initial values are equal by
+construction); per rank and step, the meter's bytes at every layer against the plan's,
+exactly.
 
 Tolerance: float32 round-off. A split sums the same products in another order
 (gathered vs grouped convolutions, partial sums reduced across ranks), so values differ
-in the last bits: a difference passes if it is at most ``verify.atol +
-verify.rtol * max|reference|`` (defaults 1e-6 and 1e-4; float32's epsilon is 1.2e-7,
-and a few thousand-term sums lose a few hundred ulps at worst).
+in the last bits. Each tensor is held against its own scale: it passes if
+max|split - reference| <= ``verify.atol + verify.rtol * max|reference|`` over that
+tensor (defaults 1e-9 and 1e-4; float32's epsilon is 1.2e-7, and a few thousand-term
+sums lose a few hundred ulps at worst), plus 10x the network's own sensitivity.
+
+That last term matters after the first update. The split's parameters after a step
+differ from the reference's by round-off, and some networks amplify that: the 224
+AlexNet at its N(0, 0.01) init moves conv1's gradient by 5% when its parameters move
+by one ulp (measured on the reference alone), because near-zero activations sit at
+ReLU kinks. So the reference also runs a second time with every parameter moved by up
+to one ulp after each update; the spread between its two runs is what no split can be
+expected to beat. Step 0 has no such spread and is held to round-off alone. The report
+names the tensor closest to failing.
 """
 
 from __future__ import annotations
@@ -74,6 +85,43 @@ def verify_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, 
             "param_bytes": sum(p.numel() * p.element_size() for p in shard.parameters())}
 
 
+SENSITIVITY_MARGIN = 10.0
+
+
+def _reference_run(spec: ModelSpec, plan: Plan, cfg: dict[str, Any], perturb: bool) -> dict[str, Any]:
+    """The reference's K steps on the whole batch: logits, loss and gradients per step, and the
+    parameters' change. ``perturb`` moves every parameter by up to one float32 ulp after each
+    update: the spread between the two runs is the network's own sensitivity to round-off
+    (deep nets at a small init amplify a one-ulp change at ReLU kinks; see the docstring)."""
+    from splitnet.layers import set_step
+    from splitnet.reference import build_reference
+
+    vcfg = cfg["verify"]
+    model = build_reference(spec, cfg["seed"]).train()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = _optimizer(model.parameters(), vcfg)
+    total = plan.batch_size * plan.replicas
+    gen = torch.Generator().manual_seed(stream_seed(cfg["seed"], "verify", "perturb"))
+    steps = []
+    for k in range(vcfg["steps"]):
+        x, y = verify_batch(spec, cfg["seed"], k, total)
+        opt.zero_grad(set_to_none=True)
+        set_step(model, k, 0, total)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        steps.append({"logits": logits.detach(), "loss": loss.detach(),
+                      "grads": {n: p.grad.clone() for n, p in model.named_parameters()}})
+        opt.step()
+        if perturb:
+            with torch.no_grad():
+                for p in model.parameters():
+                    ulps = torch.randint(-1, 2, p.shape, generator=gen).float()
+                    p.mul_(1.0 + ulps * torch.finfo(torch.float32).eps)
+    change = {n: p.detach() - initial[n] for n, p in model.named_parameters()}
+    return {"steps": steps, "change": change, "initial": initial}
+
+
 def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     abs_diff = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
     return abs_diff, float(b.double().abs().max()) if b.numel() else 0.0
@@ -81,8 +129,6 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
     from splitnet.launchers.simulate import launch
-    from splitnet.layers import set_step
-    from splitnet.reference import build_reference
     from splitnet.runtime import merge_state
 
     spec = load_spec(cfg["model"])
@@ -92,40 +138,42 @@ def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
     job_cfg = {**cfg, "plan": plan.to_dict()}
     results = launch(verify_worker, mesh.world_size, job_cfg, timeout_s=cfg["comm"]["timeout_s"] + 60)
 
-    ref = build_reference(spec, cfg["seed"]).train()
-    opt = _optimizer(ref.parameters(), vcfg)
-    total = plan.batch_size * plan.replicas
-    worst: dict[str, list[float]] = {k: [0.0, 0.0] for k in ("logits", "loss", "grads", "params")}
+    ref = _reference_run(spec, plan, cfg, perturb=False)
+    shaken = _reference_run(spec, plan, cfg, perturb=True)
+    atol, rtol = vcfg["atol"], vcfg["rtol"]
+    worst: dict[str, dict[str, Any]] = {k: {"abs": 0.0, "rel": 0.0, "ratio": 0.0, "tol": atol, "where": ""}
+                                        for k in ("logits", "loss", "grads", "params")}
 
-    def note(key: str, split: torch.Tensor, reference: torch.Tensor) -> None:
+    def note(key: str, where: str, split: torch.Tensor, reference: torch.Tensor, other: torch.Tensor) -> None:
+        # every tensor against its own scale (a wrong conv1 gradient must not hide under fc8's),
+        # widened by how far the reference itself moves when its parameters move by one ulp
         d, scale = _diff(split, reference)
-        worst[key][0] = max(worst[key][0], d)
-        worst[key][1] = max(worst[key][1], scale)
+        tol = atol + rtol * scale + SENSITIVITY_MARGIN * _diff(other, reference)[0]
+        w = worst[key]
+        w["abs"] = max(w["abs"], d)
+        w["rel"] = max(w["rel"], d / scale if scale else (0.0 if d == 0 else float("inf")))
+        ratio = d / tol if tol > 0 else (0.0 if d == 0 else float("inf"))
+        if ratio >= w["ratio"]:
+            w.update(ratio=ratio, tol=tol, where=where)
 
     d = plan.devices
     for k in range(vcfg["steps"]):
-        x, y = verify_batch(spec, cfg["seed"], k, total)
-        opt.zero_grad(set_to_none=True)
-        set_step(ref, k, 0, total)
-        logits = ref(x)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
+        a, b = ref["steps"][k], shaken["steps"][k]
         outs = [results[r * d + plan.output_rank]["steps"][k] for r in range(plan.replicas)]
-        note("logits", torch.cat([o["logits"] for o in outs]), logits.detach())
-        note("loss", torch.stack([o["loss"] for o in outs]).mean(), loss.detach())
-        grads = {n: p.grad for n, p in ref.named_parameters()}
+        note("logits", f"step {k}", torch.cat([o["logits"] for o in outs]), a["logits"], b["logits"])
+        note("loss", f"step {k}", torch.stack([o["loss"] for o in outs]).mean(), a["loss"], b["loss"])
         for r in range(plan.replicas):
             merged = merge_state(plan, [results[r * d + m]["steps"][k]["grads"] for m in range(d)])
-            for name, g in grads.items():
-                note("grads", merged[name], g)
-        opt.step()
+            for name, g in a["grads"].items():
+                note("grads", f"{name} step {k} replica {r}", merged[name], g, b["grads"][name])
     for r in range(plan.replicas):
         merged = merge_state(plan, [results[r * d + m]["params"] for m in range(d)])
-        for name, p in ref.named_parameters():
-            note("params", merged[name], p.detach())
+        for name, change in ref["change"].items():
+            # the K steps' change: a bias of 1.0 must not hide an update of 1e-5
+            note("params", f"{name} replica {r}", merged[name] - ref["initial"][name], change,
+                 shaken["change"][name])
 
-    tol = {key: vcfg["atol"] + vcfg["rtol"] * scale for key, (_, scale) in worst.items()}
-    values_ok = all(worst[key][0] <= tol[key] for key in worst)
+    values_ok = all(w["ratio"] <= 1.0 for w in worst.values())
     exchanges, traffic_ok = _compare_traffic(plan, results, vcfg["steps"])
     param_rows = [{"rank": res["rank"], "planned": plan.costs[res["rank"] % d].param_bytes,
                    "allocated": res["param_bytes"]} for res in results]
@@ -135,9 +183,10 @@ def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
         "model": spec.name, "strategy": plan.strategy,
         "mesh": {"devices": plan.devices, "replicas": plan.replicas},
         "steps": vcfg["steps"], "batch_size": plan.batch_size,
-        "max_abs_diff": {key: v[0] for key, v in worst.items()},
-        "max_rel_diff": {key: (v[0] / v[1] if v[1] else 0.0) for key, v in worst.items()},
-        "tolerance": tol,
+        "max_abs_diff": {key: w["abs"] for key, w in worst.items()},
+        "max_rel_diff": {key: w["rel"] for key, w in worst.items()},
+        "tolerance": {key: w["tol"] for key, w in worst.items()},
+        "worst": {key: {"where": w["where"], "diff_over_tolerance": w["ratio"]} for key, w in worst.items()},
         "exchanges": exchanges,
         "param_bytes": param_rows,
     }
