@@ -66,6 +66,7 @@ def _plan(cfg: dict[str, Any]) -> int:
 
     spec, plan = make_plan_from(cfg)
     if cfg.get("out"):
+        Path(cfg["out"]).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg["out"]).write_text(plan.to_json())
     if cfg.get("picture"):
         from splitnet.partition.picture import draw_plan

@@ -30,8 +30,6 @@ class GroupLRN(nn.Module):
         b, c = x.shape[:2]
         rest = x.shape[2:] or (1,)
         per_group = x.reshape(b * self.groups, c // self.groups, *rest)
-        if per_group.dim() == 2:
-            per_group = per_group.unsqueeze(-1)
         y = F.local_response_norm(per_group, self.size, self.alpha, self.beta, self.k)
         return y.reshape(x.shape)
 
@@ -93,6 +91,17 @@ class SeededDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, layer={self.layer!r}, channels={self.channels}"
+
+
+def add_layer(parent: nn.Module, name: str, module: nn.Module) -> None:
+    """Register a spec layer under its own name, so parameters are ``<layer>.weight``."""
+    try:
+        parent.add_module(name, module)
+    except KeyError as exc:
+        from splitnet.spec import SpecError
+
+        raise SpecError(f"layer {name!r}: the name clashes with an attribute of a torch module; "
+                        "rename the layer") from exc
 
 
 def set_step(model: nn.Module, step: int, row_offset: int = 0, full_batch: int = 0) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from splitnet.layers import GroupedLinear, GroupLRN, SeededDropout
+from splitnet.layers import GroupedLinear, GroupLRN, SeededDropout, add_layer
 from splitnet.seeding import draw_rows
 from splitnet.spec import Layer, ModelSpec
 
@@ -53,7 +53,7 @@ class ReferenceNet(nn.Sequential):
         super().__init__()
         self.spec = spec
         for layer in spec.layers:
-            self.add_module(layer.name, build_layer(spec, layer, seed))
+            add_layer(self, layer.name, build_layer(spec, layer, seed))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).flatten(1)

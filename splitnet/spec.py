@@ -70,6 +70,7 @@ class Layer:
     in_shape: tuple[int, int, int] = (0, 0, 0)
     out_shape: tuple[int, int, int] = (0, 0, 0)
     in_groups: int = 1
+    flat: bool = False      # the output is a (features,) vector per sample, not a C x H x W map
     params: int = 0
     flops: int = 0
 
@@ -199,22 +200,32 @@ def load_spec(raw: Mapping[str, Any]) -> ModelSpec:
 
     shape = (channels, size, size)
     groups = 1  # the input image is one group, replicated on every device
+    flat = False
     seen: set[str] = set()
     layers: list[Layer] = []
     for i, item in enumerate(raw_layers):
-        layer = _load_layer(i, item, shape, groups, default_groups, seen)
+        layer = _load_layer(i, item, shape, groups, default_groups, seen, flat)
         layers.append(layer)
-        shape, groups = layer.out_shape, layer.groups
+        shape, groups, flat = layer.out_shape, layer.groups, layer.flat
     return ModelSpec(name, channels, size, default_groups, init_std, tuple(layers))
 
 
+def _number(value: Any, index: int, name: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _err(index, name, f"{key}={value!r} must be a number")
+    return float(value)
+
+
 def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
-                default_groups: int, seen: set[str]) -> Layer:
+                default_groups: int, seen: set[str], flat: bool) -> Layer:
     if not isinstance(item, Mapping):
         raise SpecError(f"layer #{i}: expected a mapping with 'name' and 'op', got {item!r}")
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise SpecError(f"layer #{i}: missing 'name' (a non-empty string)")
+    if not name.isidentifier() or name.startswith("_"):
+        raise SpecError(f"layer #{i}: name {name!r} must be an identifier (letters, digits, underscores; "
+                        "not starting with a digit or underscore), since it names the layer's parameters")
     if name in seen:
         raise _err(i, name, "duplicate layer name; every layer needs its own name")
     if name in ("loss", "replicas", "conv_grads"):
@@ -237,7 +248,10 @@ def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
         raise _err(i, name, f"op {op!r} needs {', '.join(missing)}")
 
     c, h, w = shape
-    fields: dict[str, Any] = {"name": name, "op": op, "in_shape": shape, "in_groups": in_groups}
+    fields: dict[str, Any] = {"name": name, "op": op, "in_shape": shape, "in_groups": in_groups, "flat": flat}
+    if flat and op in ("conv", "maxpool"):
+        raise _err(i, name, f"{op} needs a C x H x W input, but its input is flat (after a flatten or "
+                   "linear layer); move it before the flatten")
     if op == "conv" or op == "linear":
         out = _positive_int(values["out"], i, name, "out")
         groups = values["groups"] or default_groups
@@ -259,7 +273,7 @@ def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
             raise _err(i, name, f"std={std!r} must be a number >= 0 or 'he'")
         fan_in = c // groups if connect == "group" else c
         fields.update(out=out, groups=groups, connect=connect,
-                      bias_init=float(values["bias_init"]), std=std)
+                      bias_init=_number(values["bias_init"], i, name, "bias_init"), std=std)
         if op == "conv":
             kernel = _positive_int(values["kernel"], i, name, "kernel")
             stride = _positive_int(values["stride"], i, name, "stride")
@@ -271,10 +285,11 @@ def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
             fields.update(kernel=kernel, stride=stride, pad=pad)
             params = out * fan_in * kernel * kernel + out
         else:
-            if (h, w) != (1, 1):
-                raise _err(i, name, f"linear needs a flat input, got shape {shape}; "
+            if not flat:
+                raise _err(i, name, f"linear needs a flat input, got a {c}x{h}x{w} map; "
                            "add a 'flatten' layer before it")
             out_shape = (out, 1, 1)
+            fields["flat"] = True
             macs = out * fan_in
             params = out * fan_in + out
         flops = 2 * macs + out_shape[0] * out_shape[1] * out_shape[2]
@@ -294,8 +309,9 @@ def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
         n = _positive_int(values["size"], i, name, "size")
         if c // in_groups < 1:
             raise _err(i, name, f"no channels per group ({c} channels, {in_groups} groups)")
-        fields.update(out_shape=shape, size=n, alpha=float(values["alpha"]),
-                      beta=float(values["beta"]), k=float(values["k"]), flops=(2 * n + 3) * elements)
+        fields.update(out_shape=shape, size=n, alpha=_number(values["alpha"], i, name, "alpha"),
+                      beta=_number(values["beta"], i, name, "beta"), k=_number(values["k"], i, name, "k"),
+                      flops=(2 * n + 3) * elements)
     elif op == "maxpool":
         kernel = _positive_int(values["kernel"], i, name, "kernel")
         stride = _positive_int(values["stride"] or kernel, i, name, "stride")
@@ -307,7 +323,7 @@ def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
         fields.update(kernel=kernel, stride=stride, pad=pad, out_shape=(c, ho, wo),
                       flops=c * ho * wo * kernel * kernel)
     elif op == "flatten":
-        fields.update(out_shape=(elements, 1, 1))
+        fields.update(out_shape=(elements, 1, 1), flat=True)
     return Layer(**fields)
 
 

@@ -130,11 +130,13 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
     from splitnet.launchers.simulate import launch
     from splitnet.runtime import merge_state
+    from splitnet.train.job import require_float32
 
     spec = load_spec(cfg["model"])
     vcfg = cfg["verify"]
     mesh = Mesh.from_dict(cfg["mesh"])
-    plan = make_plan(spec, cfg["partition"], mesh, vcfg["batch_size"], cfg.get("dtype_bytes", 4))
+    require_float32(cfg)
+    plan = make_plan(spec, cfg["partition"], mesh, vcfg["batch_size"], 4)
     job_cfg = {**cfg, "plan": plan.to_dict()}
     results = launch(verify_worker, mesh.world_size, job_cfg, timeout_s=cfg["comm"]["timeout_s"] + 60)
 

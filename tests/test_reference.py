@@ -68,3 +68,13 @@ def test_dropout_mask_depends_on_step_not_on_call_count(alexnet_small):
     y3 = model(x)
     assert torch.equal(y1, y2)
     assert not torch.equal(y1, y3)
+
+
+def test_a_layer_name_that_clashes_with_torch_is_a_clear_error():
+    from splitnet.spec import SpecError, load_spec
+
+    spec = load_spec({"name": "m", "input": {"channels": 1, "size": 8}, "layers": [
+        {"name": "forward", "op": "conv", "out": 2, "kernel": 3}, {"name": "f", "op": "flatten"},
+        {"name": "fc", "op": "linear", "out": 2}]})
+    with pytest.raises(SpecError, match="layer 'forward': the name clashes"):
+        build_reference(spec)

@@ -106,3 +106,42 @@ def test_weightless_ops_inherit_groups_and_shapes():
     assert spec.layer("c2").out_shape == (4, 6, 6)
     assert spec.layer("f").out_shape == (144, 1, 1)
     assert spec.layer("fc").params == 6 * 144 + 6
+
+
+@pytest.mark.parametrize(
+    ("spec", "layer", "words"),
+    [
+        (tiny(f={"op": "relu"}), "fc", "linear needs a flat input, got a 4x6x6 map"),
+        (tiny(r1={"op": "lrn", "size": 3, "alpha": "small"}), "r1", "alpha='small' must be a number"),
+        (tiny(c1={"bias_init": "one"}), "c1", "bias_init='one' must be a number"),
+    ],
+)
+def test_more_bad_specs(spec, layer, words):
+    with pytest.raises(SpecError) as err:
+        load_spec(spec)
+    assert f"layer {layer!r}" in str(err.value) and words in str(err.value)
+
+
+def test_a_linear_layer_needs_a_flatten_even_after_a_1x1_map():
+    spec = tiny(c2={"kernel": 8, "pad": 1})  # c2 leaves a 4x1x1 map: still a map, not flat
+    spec["layers"] = [layer for layer in spec["layers"] if layer["name"] != "f"]
+    with pytest.raises(SpecError, match="layer 'fc'.*add a 'flatten'"):
+        load_spec(spec)
+
+
+def test_conv_after_flatten_is_refused():
+    spec = tiny()
+    spec["layers"].insert(4, {"name": "c3", "op": "conv", "out": 2, "kernel": 1})
+    with pytest.raises(SpecError, match="layer 'c3'.*its input is flat"):
+        load_spec(spec)
+
+
+@pytest.mark.parametrize("name", ["a.b", "2conv", "_hidden", "with space"])
+def test_layer_names_must_be_identifiers(name):
+    with pytest.raises(SpecError, match=f"name {name!r} must be an identifier"):
+        load_spec(tiny(r1={"name": name}))
+
+
+def test_flatness_is_inferred():
+    spec = load_spec(tiny())
+    assert [layer.flat for layer in spec.layers] == [False, False, False, True, True]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from splitnet.cli import main
+from splitnet.errors import SplitnetError
 from splitnet.launchers.simulate import WorkerFailed
 from splitnet.reference import build_reference
 from splitnet.runtime import merge_state
@@ -151,3 +152,31 @@ def test_tensorboard_event_files(tmp_path):
     records = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in records])
     assert len(events.Scalars("val/top1")) == 1
+
+
+@pytest.mark.timeout(120)
+def test_mid_epoch_resume_refuses_a_changed_batch_and_a_finished_run_reports(tmp_path):
+    train(tmp_path, *FAST, "train.epochs=1", "train.max_steps=1")  # stops after batch 1 of 3
+    with pytest.raises(CheckpointError, match=r"stopped inside an epoch \(after batch 1\).*batch_size"):
+        train(tmp_path, *FAST, "batch_size=8", "train.epochs=1", "train.resume=auto")
+    done = train(tmp_path, *FAST, "train.epochs=1", "train.resume=auto")
+    assert done["final"]["step"] == 3
+    again = train(tmp_path, *FAST, "train.epochs=1", "train.resume=auto")  # nothing left to train
+    assert again["final"]["step"] == 3
+    assert again["final"]["top1"] == done["final"]["top1"]
+
+
+@pytest.mark.parametrize(("overrides", "words"), [
+    (["dtype_bytes=2"], "the runtime computes in float32"),
+    (["partition=hybrid", "mesh.devices=2", "eval.batch_size=15"], "eval.batch_size x eval.crops = 15"),
+    (["eval.crops=5"], "eval.crops=5"),
+])
+def test_bad_training_configs_fail_before_any_process(tmp_path, monkeypatch, overrides, words):
+    import splitnet.train.job
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("workers were started for a config that cannot run")
+
+    monkeypatch.setattr(splitnet.train.job, "launch_workers", no_launch)
+    with pytest.raises(SplitnetError, match=words):
+        train(tmp_path, *FAST, *overrides)

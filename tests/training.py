@@ -12,7 +12,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 # A tiny, fast, deterministic job: synthetic data, 3 batches of 16 per epoch.
 FAST = ["data=synthetic", "data.num_classes=10", "data.train_batches=3", "data.val_batches=1",
-        "batch_size=16", "train.eval_batch_size=16", "comm.timeout_s=60"]
+        "batch_size=16", "eval.batch_size=16", "comm.timeout_s=60"]
 
 
 def config(*overrides: str) -> dict[str, Any]:

@@ -49,8 +49,9 @@ class Transport:
                                 f"{plan.replicas} x devices {plan.devices}) but the launcher started "
                                 f"{dist.get_world_size()}")
         wanted = {tuple(range(plan.devices))}
-        for ex in plan.exchanges().values():
-            wanted.update(g for g in ex.groups if len(g) > 1)
+        for ex in plan.exchanges().values():  # point-to-point sends need no group of their own
+            if ex.collective != "send":
+                wanted.update(g for g in ex.groups if len(g) > 1)
         for mp_ranks in sorted(wanted, key=lambda g: (len(g), g)):
             for replica in range(self.mesh.replicas):
                 ranks = [self.mesh.rank(replica, r) for r in mp_ranks]
@@ -86,7 +87,8 @@ class Transport:
         if dist.is_initialized() and self.mesh.world_size > 1:
             self.wait(dist.barrier(async_op=True), what, "barrier")
 
-    # The collectives. Only comm/exchange.py calls these.
+    # The collectives. Only comm/ calls these (exchange.py for activations and their
+    # gradients, buckets.py for parameter gradients); the rest of splitnet calls comm/.
 
     def all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
                    dim: int) -> torch.Tensor:
@@ -112,7 +114,8 @@ class Transport:
         return x
 
     def start_all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> Any:
-        """Sum ``x`` (contiguous) in place over the group without waiting; returns the work."""
+        """Sum ``x`` in place over the group without waiting; returns the work. ``x`` must be
+        contiguous (a flat bucket or a fresh tensor): the sum lands in its storage."""
         self.meter.record(layer, direction, "all_reduce", x.numel() * x.element_size(), k)
         return dist.all_reduce(x, group=group, async_op=True)
 

@@ -76,6 +76,8 @@ def make_plan(spec: ModelSpec, partition: Mapping[str, Any], mesh: Mesh, batch_s
         raise PartitionError(f"partition: unknown key(s) {unknown}; valid keys: {sorted(_KEYS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PartitionError(f"batch_size={batch_size!r} must be an integer >= 1")
+    if isinstance(dtype_bytes, bool) or dtype_bytes not in (1, 2, 4, 8):
+        raise PartitionError(f"dtype_bytes={dtype_bytes!r}; valid: 1, 2, 4 (float32) or 8")
     strategy = str(partition.get("strategy", "columns"))
     if strategy == "auto":
         from splitnet.partition.auto import choose

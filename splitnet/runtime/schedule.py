@@ -34,14 +34,15 @@ def _stage_shapes(shard: ShardNet) -> tuple[str, str | None, tuple[int, ...], tu
     plan, spec, stage = shard.plan, shard.spec, shard.mp_rank
     mine = [p for p in plan.layers if p.shard(stage) is not None]
     nxt = next((p.name for p in plan.layers if p.shard(stage + 1) is not None), None)
-    in_shape = tuple(spec.layer(mine[0].name).in_shape)
-    out_shape = tuple(spec.layer(mine[-1].name).out_shape)
-    return mine[0].name, nxt, _tensor_shape(in_shape), _tensor_shape(out_shape)
+    first, last = spec.index(mine[0].name), spec.index(mine[-1].name)
+    in_flat = first > 0 and spec.layers[first - 1].flat
+    return (mine[0].name, nxt, _tensor_shape(spec.layers[first].in_shape, in_flat),
+            _tensor_shape(spec.layers[last].out_shape, spec.layers[last].flat))
 
 
-def _tensor_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+def _tensor_shape(shape: tuple[int, int, int], flat: bool) -> tuple[int, ...]:
     """A spec shape (C, H, W) as a per-sample tensor shape: flat activations are (C,)."""
-    return shape[:1] if shape[1:] == (1, 1) else shape
+    return shape[:1] if flat else shape
 
 
 def pipeline_forward(shard: ShardNet, x: torch.Tensor, transport: Transport) -> torch.Tensor | None:
@@ -72,7 +73,8 @@ def gpipe_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: Tra
     mb = batch // m_count
     first, next_layer, in_shape, _ = _stage_shapes(shard)
     inputs, outputs, pending = [], [], []
-    for m in range(m_count):
+    forward_order = [m for tick in clock_cycles(m_count, stages) for m, s in tick if s == stage]
+    for m in forward_order:
         set_step(shard, step, row_offset + m * mb, full_batch)
         if stage == 0:
             inp = x[m * mb:(m + 1) * mb]

@@ -19,8 +19,8 @@ from torch import nn
 from splitnet.comm.exchange import Link, all_reduce, gather, gather_logits, reduce_scatter
 from splitnet.comm.transport import Transport
 from splitnet.errors import SplitnetError
-from splitnet.layers import GroupLRN, SeededDropout, grouped_linear
-from splitnet.partition.plan import Placement, Plan, Shard
+from splitnet.layers import GroupLRN, SeededDropout, add_layer, grouped_linear
+from splitnet.partition.plan import PSEUDO, Placement, Plan, Shard
 from splitnet.reference import initial_bias, initial_weight
 from splitnet.spec import Layer, ModelSpec
 
@@ -124,7 +124,7 @@ def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
     mp = rank % plan.devices
     net = ShardNet(spec, plan, mp)
     tr: Transport = transport if transport is not None else _NoTransport()  # type: ignore[assignment]
-    layers = [p for p in plan.layers if p.op not in ("loss", "conv_grads", "replicas")]
+    layers = [p for p in plan.layers if p.op not in PSEUDO]
     held: tuple[int, int] | None = None
     prev: Placement | None = None
     for placement in layers:
@@ -149,7 +149,7 @@ def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
         else:
             module, held = _weightless(layer, shard.out, held, seed, link if mode == "gather" else None,
                                        placement.batch_split, mp)
-        net.add_module(layer.name, module)
+        add_layer(net, layer.name, module)
         net.names.append(layer.name)
         prev = placement
     loss = plan.placement("loss")

@@ -65,13 +65,18 @@ def publish(root: Path, step: int, meta: Mapping[str, Any], keep: int) -> Path:
     final = root / step_name(step)
     write_file_atomic(partial / "meta.json", lambda p: p.write_text(json.dumps({**meta, "format": FORMAT})))
     _fsync_dir(partial)
-    if final.exists():
-        shutil.rmtree(final)
+    aside = root / (step_name(step) + ".replaced")
+    if final.exists():  # the same step again (an epoch end on a checkpoint_every step): newer wins
+        os.rename(final, aside)
     os.rename(partial, final)
     _fsync_dir(root)
+    shutil.rmtree(aside, ignore_errors=True)
     done = complete_checkpoints(root)
     for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob("step_*.partial"):  # left by a run killed while writing
+        if stale.name < step_name(step):
+            shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -79,8 +84,8 @@ def complete_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first (``.partial`` folders are not)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")
-             and not p.name.endswith(".partial") and (p / "meta.json").is_file()]
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and "." not in p.name
+             and (p / "meta.json").is_file()]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -123,6 +128,12 @@ def read_shard(ckpt: Path, mp_rank: int) -> dict[str, Any]:
 
 def model_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
     """None if two model specs (as dicts) are the same network, else what differs."""
+    from splitnet.spec import SpecError, load_spec
+
+    try:  # compare what the specs mean, not how they were written (defaults spelled out or not)
+        saved, current = load_spec(saved).to_dict(), load_spec(current).to_dict()
+    except SpecError as exc:
+        return f"the checkpoint's model spec no longer loads ({exc})"
     if saved == current:
         return None
     diffs = []
@@ -140,8 +151,8 @@ def model_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> st
     return "; ".join(diffs) or "the layer specs differ"
 
 
-def restore(ckpt: Path, plan: Plan, rank: int, model: Mapping[str, Any]) -> tuple[dict, dict, dict]:
-    """(model state, momentum by parameter name, meta) for ``rank`` under ``plan``.
+def restore(ckpt: Path, plan: Plan, rank: int, model: Mapping[str, Any]) -> tuple[dict, dict, dict, Any]:
+    """(model state, momentum by parameter name, meta, torch RNG state or None) for ``rank``.
 
     A checkpoint written under another plan (other mesh or strategy) is merged into the
     reference layout and split again for this one.
@@ -154,13 +165,13 @@ def restore(ckpt: Path, plan: Plan, rank: int, model: Mapping[str, Any]) -> tupl
     mp = rank % plan.devices
     if old.to_dict()["layers"] == plan.to_dict()["layers"]:
         payload = read_shard(ckpt, mp)
-        return payload["model"], payload["momentum"], meta
+        return payload["model"], payload["momentum"], meta, payload.get("rng")
     shards = [read_shard(ckpt, r) for r in range(old.devices)]
     model_state = split_state(plan, merge_state(old, [s["model"] for s in shards]), rank)
     momentum = {}
     if all(s["momentum"] for s in shards):
         momentum = split_state(plan, merge_state(old, [s["momentum"] for s in shards]), rank)
-    return model_state, momentum, meta
+    return model_state, momentum, meta, None  # another mesh: no rank's generator maps onto this one
 
 
 def merged_state(ckpt: Path) -> dict[str, torch.Tensor]:

@@ -69,8 +69,8 @@ def evaluate_checkpoint(ckpt: str | Path, cfg: dict[str, Any]) -> dict[str, Any]
     except RuntimeError as exc:
         raise SplitnetError(f"checkpoint {path} does not fit model {spec.name!r}: {exc}") from exc
     model.eval()
-    crops = cfg["train"]["eval_crops"]
+    crops = cfg["eval"]["crops"]
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
-                          batch_size=cfg["train"]["eval_batch_size"], replica=0, num_replicas=1, epoch=0,
+                          batch_size=cfg["eval"]["batch_size"], replica=0, num_replicas=1, epoch=0,
                           seed=cfg["seed"], crops=crops)
     return {"checkpoint": str(path), "model": spec.name, **summarize(score(model, loader, crops))}

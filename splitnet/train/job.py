@@ -17,6 +17,12 @@ from splitnet.partition import Mesh, make_plan
 from splitnet.spec import load_spec
 
 
+def require_float32(cfg: dict[str, Any]) -> None:
+    if cfg.get("dtype_bytes", 4) != 4:
+        raise SplitnetError(f"dtype_bytes={cfg.get('dtype_bytes')!r}: the runtime computes in float32 "
+                            "(dtype_bytes=4); other sizes are for `splitnet plan` estimates only")
+
+
 def launch_workers(cfg: dict[str, Any], job: Any, world_size: int) -> list[Any]:
     launcher = cfg["launcher"]
     name = launcher.get("name", "simulate")
@@ -35,8 +41,14 @@ def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from splitnet.train.loop import train_worker
 
     spec = load_spec(cfg["model"])
-    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"],
-                     cfg.get("dtype_bytes", 4))
+    require_float32(cfg)
+    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], 4)
+    eval_rows = cfg["eval"]["batch_size"] * cfg["eval"]["crops"]
+    if plan.strategy == "hybrid" and eval_rows % plan.devices:
+        raise SplitnetError(f"hybrid: eval.batch_size x eval.crops = {eval_rows} must be divisible by "
+                            f"mesh.devices={plan.devices}: each device evaluates an equal part of a batch")
+    if cfg["eval"]["crops"] not in (1, 10):
+        raise SplitnetError(f"eval.crops={cfg['eval']['crops']!r}; valid: 1 (centre) or 10")
     info = data_info(cfg["data"])
     if info.num_classes != spec.num_classes:
         raise SplitnetError(f"data {info.name!r} has {info.num_classes} classes but model {spec.name!r} "
@@ -53,9 +65,22 @@ def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
         done = complete_checkpoints(run_dir / "checkpoints") if resume == "auto" else [find_checkpoint(resume)]
         if done:
-            diff = model_difference(read_meta(done[-1])["config"]["model"], cfg["model"])
+            meta = read_meta(done[-1])
+            diff = model_difference(meta["config"]["model"], cfg["model"])
             if diff is not None:
                 raise CheckpointError(f"checkpoint {done[-1]} is for a different model: {diff}")
+            if meta["batch_in_epoch"]:  # mid-epoch: the data position counts this data's batches
+                was = meta["config"]
+                now = {"batch_size": cfg["batch_size"], "mesh.replicas": plan.replicas, "seed": cfg["seed"],
+                       "data": cfg["data"]}
+                then = {"batch_size": was["batch_size"], "mesh.replicas": was["mesh"]["replicas"],
+                        "seed": was["seed"], "data": was["data"]}
+                changed = [k for k in now if now[k] != then[k]]
+                if changed:
+                    raise CheckpointError(
+                        f"checkpoint {done[-1]} stopped inside an epoch (after batch {meta['batch_in_epoch']}); "
+                        f"resuming there needs the same {', '.join(changed)} as before ({then}); resume from "
+                        "an epoch-end checkpoint to change them")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(plan.to_json())
     (run_dir / "plan.txt").write_text(plan_table(plan) + "\n")

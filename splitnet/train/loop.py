@@ -65,7 +65,7 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
     """Top-1/top-5 and loss on the whole validation split (every replica computes the same)."""
     shard.eval()
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
-                          batch_size=cfg["train"]["eval_batch_size"], replica=0, num_replicas=1, epoch=0,
+                          batch_size=cfg["eval"]["batch_size"], replica=0, num_replicas=1, epoch=0,
                           seed=cfg["seed"], crops=crops)
     counts = score(lambda x: forward_only(shard, x, transport), loader, crops)
     shard.train()
@@ -97,12 +97,14 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
     elif tcfg.get("resume"):
         ckpt = checkpoint.find_checkpoint(tcfg["resume"])
     if ckpt is not None:
-        model_state, momentum, meta = checkpoint.restore(ckpt, plan, rank, cfg["model"])
+        model_state, momentum, meta, rng = checkpoint.restore(ckpt, plan, rank, cfg["model"])
         shard.load_state_dict(model_state)
         named = dict(shard.named_parameters())
         for name, buf in momentum.items():
             opt.state[named[name]]["momentum_buffer"] = buf.clone()
         schedule.load_state_dict(meta["schedule"])
+        if rng is not None:
+            torch.set_rng_state(rng)
         step, first_epoch, skip = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         log.info(f"resumed from {ckpt} at step {step} (epoch {first_epoch}, batch {skip})")
     metrics_path = run_dir / "metrics.jsonl"
@@ -177,7 +179,7 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         bar.close()
         complete = taken == total
         skip = 0
-        val = evaluate(shard, transport, spec, plan, cfg, tcfg["eval_crops"])
+        val = evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"])
         cut = complete and schedule.end_epoch(epoch, 1.0 - val["top1"])
         final = {"kind": "epoch", "epoch": epoch, "step": step, **val, "lr": schedule.lr(step), "lr_cut": cut}
         if reporter:
@@ -192,6 +194,9 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         save(*((epoch + 1, 0) if complete else (epoch, taken)))
         if stop:
             break
+    if not final:  # nothing left to train (a finished run resumed): report where it stands
+        final = {"kind": "epoch", "epoch": first_epoch - 1, "step": step,
+                 **evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"])}
     if board is not None:
         board.close()
     return {"rank": rank, "reporter": reporter, "final": final, "step": step,
