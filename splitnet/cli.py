@@ -165,4 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     if command not in commands:
         print(f"splitnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    return _run_hydra(command, commands[command], args)
+    try:
+        return _run_hydra(command, commands[command], args)
+    except KeyboardInterrupt:
+        print(f"splitnet {command}: interrupted; every worker was stopped", file=sys.stderr)
+        return 130

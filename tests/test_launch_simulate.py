@@ -84,3 +84,39 @@ def test_a_job_spawn_cannot_pickle_fails_with_the_pickling_error():
     with pytest.raises(AttributeError, match="Can't pickle local object"):
         launch(local_job, 2, {})
     assert multiprocessing.active_children() == []
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes a job started (not multiprocessing's resource tracker)."""
+    from pathlib import Path
+
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return [c for c in found if b"multiprocessing.spawn" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_the_job_and_every_worker(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.training import FAST
+
+    cmd = [sys.executable, "-m", "splitnet", "train", *FAST, "data.train_batches=100000", "train.epochs=1",
+           f"hydra.run.dir={tmp_path}"]
+    # a terminal's Ctrl-C signals the whole foreground process group: give the job its own
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = ""
+    while "epoch 1" not in seen:  # rank 0's progress bar: the workers are up and training
+        char = job.stderr.read(1)
+        assert char, f"the job ended before training: {seen[-2000:]}"
+        seen += char
+    workers = _workers(job.pid)
+    assert len(workers) == 2
+    os.killpg(job.pid, signal.SIGINT)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 130, err[-3000:]
+    assert "interrupted" in err
+    assert all(_gone(pid) for pid in workers)
