@@ -15,7 +15,16 @@ from typing import Any
 
 from splitnet.errors import SplitnetError
 
-CONF_DIR = Path(os.environ.get("SPLITNET_CONF", Path(__file__).resolve().parent.parent / "conf"))
+def _conf_dir() -> Path:
+    """$SPLITNET_CONF, else the repository's conf/ (a checkout), else the copy inside the wheel."""
+    if os.environ.get("SPLITNET_CONF"):
+        return Path(os.environ["SPLITNET_CONF"])
+    here = Path(__file__).resolve().parent
+    repo = here.parent / "conf"
+    return repo if (repo / "config.yaml").is_file() else here / "conf"
+
+
+CONF_DIR = _conf_dir()
 
 USAGE = """usage: splitnet <command> [key=value ...]
 
