@@ -15,6 +15,7 @@ from typing import Any
 
 from splitnet.errors import SplitnetError
 
+
 def _conf_dir() -> Path:
     """$SPLITNET_CONF, else the repository's conf/ (a checkout), else the copy inside the wheel."""
     if os.environ.get("SPLITNET_CONF"):

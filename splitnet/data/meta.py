@@ -10,12 +10,12 @@ after every shard is on disk.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from splitnet.atomic import write_bytes_atomic
 from splitnet.data.errors import DataError
 
 FORMAT = "splitnet-shards/1"
@@ -66,7 +66,7 @@ class ShardMeta:
 
 def write_meta(directory: Path, meta: ShardMeta) -> None:
     """Write ``meta.json`` atomically (temp name, fsync, rename)."""
-    write_atomic(directory / META_NAME, json.dumps(meta.to_dict(), indent=1).encode())
+    write_bytes_atomic(directory / META_NAME, json.dumps(meta.to_dict(), indent=1).encode())
 
 
 def read_meta(directory: Path) -> ShardMeta:
@@ -83,25 +83,6 @@ def read_meta(directory: Path) -> ShardMeta:
         return ShardMeta.from_dict(d)
     except (ValueError, TypeError, KeyError) as exn:
         raise DataError(f"{path} is not a splitnet meta.json ({exn}); rewrite the shards") from exn
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable: without this a crash can forget it even after fsync of the file."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ColourStats:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from splitnet.atomic import fsync_dir
 from splitnet.data.augment import centre_crop, resize_shorter
 from splitnet.data.errors import DataError
 from splitnet.data.meta import (
@@ -25,7 +26,6 @@ from splitnet.data.meta import (
     ColourStats,
     ShardEntry,
     ShardMeta,
-    fsync_dir,
     read_meta,
     write_meta,
 )

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from splitnet.atomic import fsync_dir, write_atomic
 from splitnet.errors import SplitnetError
 from splitnet.partition.plan import Plan
 from splitnet.runtime.state import merge_state, split_state
@@ -32,23 +33,6 @@ class CheckpointError(SplitnetError, RuntimeError):
     pass
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(path: Path, write: Any) -> None:
-    """``write(tmp_path)`` then fsync and rename: ``path`` is either absent or complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def step_name(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -56,20 +40,20 @@ def step_name(step: int) -> str:
 def write_shard(root: Path, step: int, mp_rank: int, payload: Mapping[str, Any]) -> None:
     partial = root / (step_name(step) + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(partial / f"rank{mp_rank}.pt", lambda p: torch.save(dict(payload), p))
+    write_atomic(partial / f"rank{mp_rank}.pt", lambda p: torch.save(dict(payload), p))
 
 
 def publish(root: Path, step: int, meta: Mapping[str, Any], keep: int) -> Path:
     """Rank 0, after every rank's ``write_shard``: write meta.json and rename into place."""
     partial = root / (step_name(step) + ".partial")
     final = root / step_name(step)
-    write_file_atomic(partial / "meta.json", lambda p: p.write_text(json.dumps({**meta, "format": FORMAT})))
-    _fsync_dir(partial)
+    write_atomic(partial / "meta.json", lambda p: p.write_text(json.dumps({**meta, "format": FORMAT})))
+    fsync_dir(partial)
     aside = root / (step_name(step) + ".replaced")
     if final.exists():  # the same step again (an epoch end on a checkpoint_every step): newer wins
         os.rename(final, aside)
     os.rename(partial, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     shutil.rmtree(aside, ignore_errors=True)
     done = complete_checkpoints(root)
     for old in done[:-keep] if keep > 0 else []:

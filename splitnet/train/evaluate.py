@@ -45,12 +45,13 @@ def summarize(counts: torch.Tensor) -> dict[str, Any]:
 
 def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
     """Write a checkpoint's merged state_dict (the reference's layout), atomically."""
-    from splitnet.train.checkpoint import find_checkpoint, merged_state, write_file_atomic
+    from splitnet.atomic import write_atomic
+    from splitnet.train.checkpoint import find_checkpoint, merged_state
 
     state = merged_state(find_checkpoint(ckpt))
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(path, lambda p: torch.save(state, p))
+    write_atomic(path, lambda p: torch.save(state, p))
     return path
 
 
