@@ -41,3 +41,14 @@ def test_bad_spec_is_a_clean_error(tmp_path, capsys):
         "name: bad\ninput: {channels: 1, size: 8}\nlayers:\n  - {name: c, op: conv, out: 4}\n")
     assert main(["describe", "--config-dir", str(tmp_path), "model=bad"]) == 2
     assert "layer 'c' (#0): op 'conv' needs kernel" in capsys.readouterr().err
+
+
+def test_the_paper_experiment_config_carries_the_papers_values():
+    from tests.training import config
+
+    cfg = config("+experiment=alexnet_imagenet")
+    assert cfg["model"]["name"] == "alexnet" and cfg["data"]["name"] == "imagenet"
+    assert (cfg["optim"]["lr"], cfg["optim"]["momentum"], cfg["optim"]["weight_decay"]) == (0.01, 0.9, 0.0005)
+    assert (cfg["optim"]["schedule"], cfg["optim"]["factor"], cfg["optim"]["max_cuts"]) == ("plateau", 0.1, 3)
+    assert cfg["batch_size"] == 128 and cfg["eval"]["crops"] == 10 and cfg["train"]["epochs"] == 90
+    assert cfg["partition"] == {"strategy": "columns", "exchange": "gather"} and cfg["mesh"]["devices"] == 2
