@@ -70,18 +70,19 @@ def verify_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, 
         rows = slice(transport.replica * batch, (transport.replica + 1) * batch)
         opt.zero_grad(set_to_none=True)
         transport.meter.reset()
-        result = forward_backward(shard, x[rows], y[rows], transport, step=k)
+        result = forward_backward(shard, x[rows].to(transport.device), y[rows].to(transport.device), transport,
+                                  step=k)
         record: dict[str, Any] = {
-            "grads": {n: p.grad.detach().clone() for n, p in shard.named_parameters() if p.grad is not None},
+            "grads": {n: p.grad.detach().cpu().clone() for n, p in shard.named_parameters() if p.grad is not None},
             "meter": {layer: {"fwd": str(v["fwd"]), "bwd": str(v["bwd"]), "calls": v["calls"]}
                       for layer, v in transport.meter.per_layer().items()},
         }
         if result.logits is not None and transport.mp_rank == plan.output_rank:
-            record["logits"], record["loss"] = result.logits, result.loss
+            record["logits"], record["loss"] = result.logits.cpu(), result.loss.cpu()
         steps.append(record)
         opt.step()
     return {"rank": rank, "steps": steps,
-            "params": {n: p.detach().clone() for n, p in shard.named_parameters()},
+            "params": {n: p.detach().cpu().clone() for n, p in shard.named_parameters()},
             "param_bytes": sum(p.numel() * p.element_size() for p in shard.parameters())}
 
 

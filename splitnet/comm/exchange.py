@@ -120,6 +120,7 @@ def share_metrics(values: torch.Tensor, transport: Transport, src: int) -> torch
     devices = transport.mesh.devices
     if devices == 1:
         return values
+    shared = values.to(transport.device, copy=True)  # NCCL only reduces CUDA tensors
     if transport.mp_rank != src:
-        values = torch.zeros_like(values)
-    return transport.all_reduce(values.clone(), transport.group(tuple(range(devices))), devices, "eval", "fwd")
+        shared.zero_()
+    return transport.all_reduce(shared, transport.group(tuple(range(devices))), devices, "eval", "fwd").cpu()

@@ -28,13 +28,21 @@ class StalledExchange(SplitnetError, RuntimeError):
     pass
 
 
+def _default_device() -> torch.device:
+    """Where this rank's tensors live: the CUDA device the launcher selected for an NCCL
+    process group (``torch.cuda.set_device(LOCAL_RANK)``), the CPU for gloo."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 class Transport:
     def __init__(self, plan: Plan, rank: int, device: torch.device | None = None,
                  timeout_s: float = 300.0) -> None:
         self.mesh = Mesh(plan.devices, plan.replicas)
         self.rank = rank
         self.replica, self.mp_rank = self.mesh.coords(rank)
-        self.device = device or torch.device("cpu")
+        self.device = device or _default_device()
         self.timeout = timedelta(seconds=timeout_s)
         self.meter = Meter()
         self._groups: dict[tuple[int, ...], Any] = {}

@@ -118,7 +118,8 @@ def _link(transport: Transport, placement: Placement, mp_rank: int) -> Link | No
 
 def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
                 transport: Transport | None = None) -> ShardNet:
-    """Build global rank ``rank``'s shard (every replica holds the same one)."""
+    """Build global rank ``rank``'s shard (every replica holds the same one), on the
+    transport's device (the CPU without a transport)."""
     if plan.model != spec.name:
         raise SplitnetError(f"the plan is for model {plan.model!r}, the spec is {spec.name!r}")
     mp = rank % plan.devices
@@ -155,7 +156,7 @@ def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
     loss = plan.placement("loss")
     if loss.exchange is not None and any(mp in g for g in loss.exchange.groups):
         net.loss_link = _link(tr, loss, mp)
-    return net
+    return net.to(transport.device) if transport is not None else net
 
 
 def _weighted(spec: ModelSpec, layer: Layer, shard: Shard, held: tuple[int, int], seed: int,

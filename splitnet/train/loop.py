@@ -67,7 +67,11 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
                           batch_size=cfg["eval"]["batch_size"], replica=0, num_replicas=1, epoch=0,
                           seed=cfg["seed"], crops=crops)
-    counts = score(lambda x: forward_only(shard, x, transport), loader, crops)
+    def logits(x: torch.Tensor) -> torch.Tensor | None:
+        out = forward_only(shard, x.to(transport.device), transport)
+        return None if out is None else out.cpu()
+
+    counts = score(logits, loader, crops)
     shard.train()
     return summarize(share_metrics(counts, transport, plan.output_rank))
 
@@ -101,7 +105,7 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         shard.load_state_dict(model_state)
         named = dict(shard.named_parameters())
         for name, buf in momentum.items():
-            opt.state[named[name]]["momentum_buffer"] = buf.clone()
+            opt.state[named[name]]["momentum_buffer"] = buf.to(named[name].device, copy=True)
         schedule.load_state_dict(meta["schedule"])
         if rng is not None:
             torch.set_rng_state(rng)
@@ -152,7 +156,7 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
             opt.zero_grad(set_to_none=True)
             transport.meter.reset()
             t0 = time.perf_counter()
-            result = forward_backward(shard, x, y, transport, step)
+            result = forward_backward(shard, x.to(transport.device), y.to(transport.device), transport, step)
             opt.step()
             seconds = time.perf_counter() - t0
             step += 1
@@ -200,4 +204,4 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
     if board is not None:
         board.close()
     return {"rank": rank, "reporter": reporter, "final": final, "step": step,
-            "params": {n: p.detach().clone() for n, p in shard.named_parameters()}}
+            "params": {n: p.detach().cpu().clone() for n, p in shard.named_parameters()}}
