@@ -177,7 +177,7 @@ def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
                  shaken["change"][name])
 
     values_ok = all(w["ratio"] <= 1.0 for w in worst.values())
-    exchanges, traffic_ok = _compare_traffic(plan, results, vcfg["steps"])
+    exchanges, traffic_ok = _compare_traffic(plan, results)
     param_rows = [{"rank": res["rank"], "planned": plan.costs[res["rank"] % d].param_bytes,
                    "allocated": res["param_bytes"]} for res in results]
     params_ok = all(row["planned"] == row["allocated"] for row in param_rows)
@@ -195,7 +195,7 @@ def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _compare_traffic(plan: Plan, results: list[dict[str, Any]], steps: int) -> tuple[list[dict[str, Any]], bool]:
+def _compare_traffic(plan: Plan, results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
     """Per layer, planned vs measured bytes (all ranks, per step) and calls; exact per rank and step."""
     ok = True
     planned: dict[str, Fraction] = {}

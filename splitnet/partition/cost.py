@@ -47,7 +47,7 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
             if p.name == "loss" and p.exchange is not None and p.exchange.group_of(rank) is not None:
                 act += batch * prod(spec.layers[-1].out_shape) * dtype_bytes  # the gathered logits
             shard = p.shard(rank)
-            if shard is None or p.name not in _names(spec):
+            if shard is None:  # another rank's layer, or a pseudo-layer (no shards)
                 continue
             layer = spec.layer(p.name)
             rows = local_rows(p, batch, devices)
@@ -68,10 +68,6 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
         pbytes = params * dtype_bytes
         costs.append(DeviceCost(rank, params, pbytes, pbytes, pbytes, act, flops, 0))
     return costs
-
-
-def _names(spec: ModelSpec) -> set[str]:
-    return {layer.name for layer in spec.layers}
 
 
 def with_bytes_in(costs: list[DeviceCost], placements: list[Placement]) -> list[DeviceCost]:

@@ -137,7 +137,7 @@ def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
         if held is None:  # the first layer this rank computes reads a whole (replicated or received) input
             held = (0, layer.in_shape[0])
             net.batch_split = placement.batch_split
-        link = _link(tr, placement, mp) if placement.exchange is not None else None
+        link = _link(tr, placement, mp)
         mode = placement.exchange.mode if placement.exchange is not None else None
         if mode == "gather" and link is not None and prev is not None:
             first, last = prev.shard(link.ranks[0]), prev.shard(link.ranks[-1])

@@ -150,16 +150,20 @@ def restore(ckpt: Path, plan: Plan, rank: int, model: Mapping[str, Any]) -> tupl
     if old.to_dict()["layers"] == plan.to_dict()["layers"]:
         payload = read_shard(ckpt, mp)
         return payload["model"], payload["momentum"], meta, payload.get("rng")
-    shards = [read_shard(ckpt, r) for r in range(old.devices)]
-    model_state = split_state(plan, merge_state(old, [s["model"] for s in shards]), rank)
-    momentum = {}
-    if all(s["momentum"] for s in shards):
-        momentum = split_state(plan, merge_state(old, [s["momentum"] for s in shards]), rank)
+    merged = _merged(ckpt, old, ("model", "momentum"))
+    model_state = split_state(plan, merged["model"], rank)
+    momentum = split_state(plan, merged["momentum"], rank) if merged["momentum"] else {}
     return model_state, momentum, meta, None  # another mesh: no rank's generator maps onto this one
+
+
+def _merged(ckpt: Path, plan: Plan, keys: tuple[str, ...]) -> dict[str, dict[str, torch.Tensor]]:
+    """Every rank's shard of ``plan`` read once, each of ``keys`` merged to the reference layout
+    (empty where a shard has none, e.g. momentum before the first step)."""
+    shards = [read_shard(ckpt, r) for r in range(plan.devices)]
+    return {key: merge_state(plan, [s[key] for s in shards]) if all(s[key] for s in shards) else {}
+            for key in keys}
 
 
 def merged_state(ckpt: Path) -> dict[str, torch.Tensor]:
     """The whole model's state_dict (reference layout) from a checkpoint."""
-    meta = read_meta(ckpt)
-    old = Plan.from_dict(meta["plan"])
-    return merge_state(old, [read_shard(ckpt, r)["model"] for r in range(old.devices)])
+    return _merged(ckpt, Plan.from_dict(read_meta(ckpt)["plan"]), ("model",))["model"]
