@@ -33,6 +33,7 @@ commands:
   describe   the model spec as a table: shapes, parameters, FLOPs per layer
   plan       partition the model over a device mesh: placement, exchanges, costs
   verify     run the split model and the single-device reference, prove them equal
+  profile    measure each rank's peak tensor memory and step time beside the plan
   train      train a split model (default: alexnet_small on 2 simulated CPU devices)
   evaluate   evaluate a checkpoint
   export     write a checkpoint's merged single-model state_dict
@@ -95,6 +96,16 @@ def _verify(cfg: dict[str, Any]) -> int:
     return 0 if report["ok"] else 1
 
 
+def _profile(cfg: dict[str, Any]) -> int:
+    from splitnet.profile import profile_table, run_profile
+    from splitnet.profile.picture import draw_profile
+
+    report = run_profile(cfg)
+    drawn = draw_profile(report, cfg.get("picture") or "profile.png")
+    print(json.dumps(report) if cfg.get("format") == "json" else f"{profile_table(report)}\n\npicture: {drawn}")
+    return 0
+
+
 def _train(cfg: dict[str, Any]) -> int:
     from hydra.core.hydra_config import HydraConfig
 
@@ -133,8 +144,8 @@ def _evaluate(cfg: dict[str, Any]) -> int:
 
 
 def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
-    return {"describe": _describe, "plan": _plan, "verify": _verify, "train": _train, "export": _export,
-            "evaluate": _evaluate}
+    return {"describe": _describe, "plan": _plan, "verify": _verify, "profile": _profile, "train": _train,
+            "export": _export, "evaluate": _evaluate}
 
 
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:
