@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from splitnet.comm import Transport
-from splitnet.comm.exchange import share_metrics
+from splitnet.comm.exchange import combine_metrics
 from splitnet.data import build_loader
 from splitnet.errors import SplitnetError
 from splitnet.partition.plan import Plan
@@ -26,7 +26,7 @@ from splitnet.runtime import ShardNet, build_shard, forward_backward
 from splitnet.runtime.schedule import pipeline_forward
 from splitnet.spec import ModelSpec, load_spec
 from splitnet.train import checkpoint
-from splitnet.train.evaluate import score, summarize
+from splitnet.train.evaluate import pad_rows, score, summarize
 from splitnet.train.schedule import LrSchedule
 
 
@@ -62,18 +62,24 @@ def forward_only(shard: ShardNet, x: torch.Tensor, transport: Transport) -> torc
 
 def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan, cfg: dict[str, Any],
              crops: int) -> dict[str, Any]:
-    """Top-1/top-5 and loss on the whole validation split (every replica computes the same)."""
+    """Top-1/top-5 and loss over the whole validation split, the same on every rank: each
+    replica scores its own shards' images once (a last partial batch included), and the
+    counts are summed over the replicas through comm/."""
     shard.eval()
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
-                          batch_size=cfg["eval"]["batch_size"], replica=0, num_replicas=1, epoch=0,
-                          seed=cfg["seed"], crops=crops)
+                          batch_size=cfg["eval"]["batch_size"], replica=transport.replica,
+                          num_replicas=plan.replicas, epoch=0, seed=cfg["seed"], crops=crops)
+
     def logits(x: torch.Tensor) -> torch.Tensor | None:
+        rows = x.shape[0]
+        if shard.batch_split:  # hybrid devices take equal parts of a batch: pad a partial one
+            x = pad_rows(x, plan.devices)
         out = forward_only(shard, x.to(transport.device), transport)
-        return None if out is None else out.cpu()
+        return None if out is None else out[:rows].cpu()
 
     counts = score(logits, loader, crops)
     shard.train()
-    return summarize(share_metrics(counts, transport, plan.output_rank))
+    return summarize(combine_metrics(counts, transport, plan.output_rank))
 
 
 def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
