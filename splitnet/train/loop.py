@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -147,6 +148,7 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
 
     final: dict[str, Any] = {}
     stop = False
+    evaluating = cfg["eval"].get("enabled", True)
     for epoch in range(first_epoch, tcfg["epochs"]):
         loader = build_loader(cfg["data"], split="train", image_size=spec.input_size,
                               channels=spec.input_channels, batch_size=plan.batch_size,
@@ -189,24 +191,26 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         bar.close()
         complete = taken == total
         skip = 0
-        val = evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"])
-        cut = complete and schedule.end_epoch(epoch, 1.0 - val["top1"])
+        val = evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"]) if evaluating else {}
+        # without validation only step and constant schedules run (preflight), and they ignore the error
+        cut = complete and schedule.end_epoch(epoch, 1.0 - val["top1"] if val else math.nan)
         final = {"kind": "epoch", "epoch": epoch, "step": step, **val, "lr": schedule.lr(step), "lr_cut": cut}
         if reporter:
             _append(metrics_path, final)
-            if board is not None:
+            if board is not None and val:
                 for key in ("top1", "top5", "val_loss"):
                     board.add_scalar(f"val/{key}", val[key], step)
                 board.flush()
-        log.info(f"epoch {epoch + 1}: top-1 {val['top1']:.2%}, top-5 {val['top5']:.2%}, "
-                 f"val loss {val['val_loss']:.4f}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
+        scores = (f"top-1 {val['top1']:.2%}, top-5 {val['top5']:.2%}, val loss {val['val_loss']:.4f}" if val
+                  else "not validated (eval.enabled=false)")
+        log.info(f"epoch {epoch + 1}: {scores}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
         # an epoch cut short by train.max_steps resumes after its last batch taken
         save(*((epoch + 1, 0) if complete else (epoch, taken)))
         if stop:
             break
     if not final:  # nothing left to train (a finished run resumed): report where it stands
         final = {"kind": "epoch", "epoch": first_epoch - 1, "step": step,
-                 **evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"])}
+                 **(evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"]) if evaluating else {})}
     if board is not None:
         board.close()
     return {"rank": rank, "reporter": reporter, "final": final, "step": step,
