@@ -25,6 +25,7 @@ from typing import Any
 
 from splitnet.errors import SplitnetError
 from splitnet.launchers.placement import spanning_replicas
+from splitnet.launchers.recovery import resumed
 
 Job = Callable[[int, int, dict[str, Any]], Any]
 
@@ -71,7 +72,7 @@ def run_folder_override(args: list[str], environ: dict[str, str] | None = None) 
 
 def adapt_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The config as this rank runs it: ``mesh.replicas`` derived when null, checked against the
-    world size, and ``train.resume=auto`` after a restart."""
+    world size."""
     env = torchrun_env()
     mesh = dict(cfg["mesh"])
     world, devices = env["world_size"], mesh["devices"]
@@ -84,10 +85,7 @@ def adapt_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise TorchrunError(f"torchrun started WORLD_SIZE={world} ranks but mesh.replicas x mesh.devices = "
                             f"{mesh['replicas']} x {devices} = {mesh['replicas'] * devices}; start "
                             f"{mesh['replicas'] * devices} ranks or set mesh.replicas=null to derive it")
-    train = dict(cfg["train"])
-    if env["restart_count"] > 0 and not train.get("resume"):
-        train["resume"] = "auto"
-    return {**cfg, "mesh": mesh, "train": train}
+    return {**cfg, "mesh": mesh}
 
 
 def backend(requested: str, cuda: bool) -> str:
@@ -103,6 +101,20 @@ def backend(requested: str, cuda: bool) -> str:
 
 def this_rank() -> int:
     return torchrun_env()["rank"]
+
+
+def _store(env: dict[str, int], timeout: timedelta) -> Any:
+    """The job's key-value store, seen through a prefix of its own for this restart.
+
+    torchrun's agent may serve the same store across restarts; without the prefix a new
+    attempt reads the killed attempt's keys (its ranks' gloo addresses) and fails to connect.
+    """
+    import torch.distributed as dist
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 serves it
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env["world_size"],
+                          not agent and env["rank"] == 0, timeout)
+    return dist.PrefixStore(f"splitnet/attempt{env['restart_count']}/", store)
 
 
 def launch(job: Job, world_size: int, cfg: dict[str, Any]) -> list[Any]:
@@ -124,8 +136,11 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any]) -> list[Any]:
         print(f"splitnet train: warning: {env['local_world_size']} ranks per node split the model-parallel "
               f"group of replica(s) {split} (mesh.devices={devices}) across nodes: its activations cross the "
               "network every step; use --nproc-per-node a multiple of mesh.devices", file=sys.stderr)
+    if env["restart_count"] > 0:
+        cfg = resumed(cfg)
     timeout = timedelta(seconds=cfg["comm"]["timeout_s"])
-    dist.init_process_group(name, init_method="env://", rank=env["rank"], world_size=world_size, timeout=timeout)
+    dist.init_process_group(name, store=_store(env, timeout), rank=env["rank"], world_size=world_size,
+                            timeout=timeout)
     try:
         return [job(env["rank"], world_size, cfg)]
     finally:
