@@ -75,6 +75,8 @@ def connect(launcher: dict[str, Any]) -> bool:
         # Ray reads this when imported: its node address becomes 127.0.0.1 and every Ray
         # process of the local instance listens on loopback only.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address not in (None, "auto"):
+        _check_reachable(str(address), float(launcher["connect_timeout_s"]))
     import ray
 
     if ray.is_initialized():
@@ -84,8 +86,6 @@ def connect(launcher: dict[str, Any]) -> bool:
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, _temp_dir=str(temp),
                  num_cpus=launcher.get("num_cpus"), log_to_driver=True)
         return True
-    if address != "auto":
-        _check_reachable(str(address), float(launcher["connect_timeout_s"]))
     try:
         ray.init(address=address, log_to_driver=True)
     except ConnectionError as exc:
