@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from tests.training import train
 JOB = ["data=synthetic", "data.num_classes=10", "data.train_batches=12", "data.val_batches=1", "batch_size=16",
        "eval.batch_size=16", "train.epochs=1", "train.checkpoint_every=2", "comm.timeout_s=60",
        "launcher.threads=1"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 _KEEP: list[tempfile.TemporaryDirectory] = []
 
@@ -73,3 +77,13 @@ def kill_after_first_checkpoint(run_dir: Path, pid_of: Callable[[], int | None],
             return int(done[-1].name.removeprefix("step_"))
         time.sleep(0.01)  # polling the file system, not standing in for synchronisation
     raise AssertionError(f"no checkpoint and rank process to kill in {run_dir} within {timeout_s}s")
+
+
+def start_torchrun(torchrun_args: list[str], cwd: Path, log: Path, *overrides: str) -> subprocess.Popen:
+    """``torchrun ARGS -m splitnet train launcher=torchrun JOB OVERRIDES`` in the background, output to ``log``."""
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo",  # else gloo binds the interface of the machine's hostname
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    with log.open("w") as out:
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *torchrun_args, "-m", "splitnet",
+                                 "train", "launcher=torchrun", *JOB, *overrides],
+                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -1,17 +1,12 @@
-"""launcher=torchrun: real torchrun processes on 127.0.0.1, one agreed run folder, restarts
-that resume bitwise, two nodes by c10d rendezvous, and the errors before any collective."""
+"""launcher=torchrun: real torchrun processes on 127.0.0.1, a restart that resumes bitwise,
+one agreed run folder, and the errors before any collective. (Two nodes by c10d rendezvous:
+test_launch_equal.py.)"""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from splitnet.cli import main
-from splitnet.launchers.simulate import free_port
 from splitnet.launchers.torchrun import TorchrunError, adapt_config, backend, run_folder_override
 from tests.launching import (
     JOB,
@@ -20,49 +15,16 @@ from tests.launching import (
     kill_after_first_checkpoint,
     rank_pid,
     simulate_params,
+    start_torchrun,
 )
 from tests.training import config
-
-ROOT = Path(__file__).resolve().parent.parent
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-
-
-def _env() -> dict[str, str]:
-    # gloo binds the interface named here; without it, the one of the machine's hostname
-    return {**os.environ, "GLOO_SOCKET_IFNAME": "lo",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-
-
-def _start(args: list[str], cwd: Path, log: Path, *overrides: str) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen([*TORCHRUN, *args, "-m", "splitnet", "train", "launcher=torchrun", *JOB, *overrides],
-                                cwd=cwd, env=_env(), stdout=out, stderr=subprocess.STDOUT)
-
-
-@pytest.mark.timeout(200)
-def test_two_nodes_by_c10d_rendezvous_train_as_one_job_equal_to_simulate(tmp_path):
-    port = free_port()
-    nodes = [_start(["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-                     "--rdzv-id=twonodes", "--max-restarts=0"], tmp_path, tmp_path / f"node{n}.txt")
-             for n in range(2)]
-    codes = [p.wait(timeout=180) for p in nodes]
-    outputs = [(tmp_path / f"node{n}.txt").read_text() for n in range(2)]
-    assert codes == [0, 0], outputs
-    run_dir = tmp_path / "runs" / "torchrun-twonodes"  # named by the rendezvous id, the same on both nodes
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["torchrun-twonodes"]
-    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank0.log", "rank1.log"]
-    both = "\n".join(outputs)
-    assert both.count("final held-out top-1 accuracy") == 1  # only the reporting rank reports
-    # one process per node and mesh.devices=2: the model-parallel group spans the two nodes
-    assert both.count("split the model-parallel group of replica(s) [0] (mesh.devices=2) across nodes") == 1
-    assert_bitwise_equal(final_params(run_dir), simulate_params())
 
 
 @pytest.mark.timeout(200)
 def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equal(tmp_path):
     run_dir = tmp_path / "run"
-    proc = _start(["--standalone", "--nproc-per-node=2", "--max-restarts=1"], tmp_path, tmp_path / "out.txt",
-                  f"train.run_dir={run_dir}")
+    proc = start_torchrun(["--standalone", "--nproc-per-node=2", "--max-restarts=1"], tmp_path,
+                          tmp_path / "out.txt", f"train.run_dir={run_dir}")
     killed_at = kill_after_first_checkpoint(run_dir, lambda: rank_pid(str(run_dir), 1),
                                             lambda: proc.poll() is None)
     assert proc.wait(timeout=180) == 0, (tmp_path / "out.txt").read_text()
