@@ -103,6 +103,8 @@ def _train(cfg: dict[str, Any]) -> int:
     run_dir = Path(cfg["train"].get("run_dir") or HydraConfig.get().runtime.output_dir)
     out = run_train(cfg, run_dir)
     final = out["final"]
+    if final is None:  # a torchrun rank that does not report: the reporting rank prints the result
+        return 0
     if "top1" in final:
         print(f"final held-out top-1 accuracy: {final['top1']:.2%} (top-5 {final['top5']:.2%}, "
               f"{final['val_samples']} images, epoch {final['epoch'] + 1}, step {final['step']})")
@@ -155,6 +157,14 @@ def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[st
     quiet = [] if command == "train" else [
         "hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none",
         "hydra/hydra_logging=none"]
+    if command == "train":  # under torchrun every rank is a Hydra app: one agreed run folder
+        from splitnet.launchers.torchrun import run_folder_override
+
+        try:
+            quiet = run_folder_override(args)
+        except SplitnetError as exc:
+            print(f"splitnet {command}: error: {exc}", file=sys.stderr)
+            return 2
     saved = sys.argv
     sys.argv = [f"splitnet-{command}", *args, *quiet]
     try:

@@ -4,7 +4,9 @@ The parent never trains: it checks everything that can be checked before launchi
 (``preflight``: bad input fails here, in one line, before any process starts), builds
 the embedded dataset's cache once (so N workers do not race to), writes
 the plan (JSON, table, picture) into the run folder, hands ``train_worker`` to the
-launcher, and draws the curves when the workers are done.
+launcher, and draws the curves when the workers are done. Under torchrun every rank is
+its own parent: each plans (the same plan), rank 0 writes the plan files, and only the
+reporting rank prints and draws.
 """
 
 from __future__ import annotations
@@ -14,7 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from splitnet.errors import SplitnetError
+from splitnet.partition import Mesh
 from splitnet.train.preflight import preflight
+
+
+def launcher_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as the chosen launcher runs it (torchrun derives the mesh from its world size
+    and resumes after a restart; the others change nothing)."""
+    if cfg["launcher"].get("name") == "torchrun":
+        from splitnet.launchers.torchrun import adapt_config
+
+        return adapt_config(cfg)
+    return cfg
+
+
+def own_ranks(cfg: dict[str, Any], world_size: int) -> list[int]:
+    """The global ranks whose results this process gets back: all of them, except under
+    torchrun, where every rank is its own process and does its own reporting."""
+    if cfg["launcher"].get("name") == "torchrun":
+        from splitnet.launchers.torchrun import this_rank
+
+        return [this_rank()]
+    return list(range(world_size))
 
 
 def launch_workers(cfg: dict[str, Any], job: Any, world_size: int) -> list[Any]:
@@ -25,7 +48,15 @@ def launch_workers(cfg: dict[str, Any], job: Any, world_size: int) -> list[Any]:
 
         return launch(job, world_size, cfg, threads=launcher.get("threads"),
                       timeout_s=cfg["comm"]["timeout_s"] + 60)
-    raise SplitnetError(f"launcher={name!r} is not available here; valid: simulate")
+    if name == "torchrun":
+        from splitnet.launchers.torchrun import launch as torchrun_launch
+
+        return torchrun_launch(job, world_size, cfg)
+    if name == "ray":
+        from splitnet.launchers.ray import launch as ray_launch
+
+        return ray_launch(job, world_size, cfg)
+    raise SplitnetError(f"launcher={name!r} is not available; valid: simulate, torchrun, ray")
 
 
 def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -33,22 +64,29 @@ def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from splitnet.train.curves import draw_curves
     from splitnet.train.loop import train_worker
 
+    cfg = launcher_config(cfg)
     checked = preflight(cfg, run_dir)
     spec, plan, info = checked.spec, checked.plan, checked.info
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plan.json").write_text(plan.to_json())
-    (run_dir / "plan.txt").write_text(plan_table(plan) + "\n")
-    try:
-        from splitnet.partition.picture import draw_plan
+    here = own_ranks(cfg, plan.devices * plan.replicas)
+    if 0 in here:
+        (run_dir / "plan.json").write_text(plan.to_json())
+        (run_dir / "plan.txt").write_text(plan_table(plan) + "\n")
+        try:
+            from splitnet.partition.picture import draw_plan
 
-        draw_plan(spec, plan, run_dir / "plan.png")
-    except ImportError:
-        pass
-    print(f"splitnet train: {spec.name} ({spec.total_params:,} parameters), {plan.rationale}", file=sys.stderr)
-    print(f"splitnet train: data {info.name} ({info.num_classes} classes), run folder {run_dir}", file=sys.stderr)
+            draw_plan(spec, plan, run_dir / "plan.png")
+        except ImportError:
+            pass
+    reporting = Mesh(plan.devices, plan.replicas).rank(0, plan.output_rank) in here
+    if reporting:
+        print(f"splitnet train: {spec.name} ({spec.total_params:,} parameters), {plan.rationale}",
+              file=sys.stderr)
+        print(f"splitnet train: data {info.name} ({info.num_classes} classes), run folder {run_dir}",
+              file=sys.stderr)
     job_cfg = {**cfg, "plan": plan.to_dict(), "run_dir": str(run_dir)}
     results = launch_workers(job_cfg, train_worker, plan.devices * plan.replicas)
-    final = next(r["final"] for r in results if r["reporter"])
-    if (run_dir / "metrics.jsonl").exists():
+    final = next((r["final"] for r in results if r["reporter"]), None)
+    if reporting and (run_dir / "metrics.jsonl").exists():
         draw_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     return {"final": final, "results": results, "run_dir": str(run_dir), "plan": plan}
