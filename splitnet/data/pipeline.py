@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing as mp
 import random
 from collections.abc import Iterable, Iterator
 from functools import partial
@@ -41,6 +42,10 @@ from splitnet.seeding import stream_seed
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("png", "jpg", "jpeg")
+# DataLoader workers are forked, as under torchrun, whatever started this process: a worker
+# then costs no fresh torch import, and fork's semaphores are unlinked at once instead of
+# being registered with the resource tracker, so a rank that is killed leaks none.
+WORKER_START = "fork" if "fork" in mp.get_all_start_methods() else None
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
@@ -252,7 +257,7 @@ class ShardLoader:
         self.stats = {"skipped": 0, "batches": 0}
         self.stream.skipped = 0
         source: Iterable[Any] = (
-            DataLoader(self.stream, batch_size=None, num_workers=self.workers)
+            DataLoader(self.stream, batch_size=None, num_workers=self.workers, multiprocessing_context=WORKER_START)
             if self.workers
             else self.stream
         )

@@ -60,9 +60,10 @@ def launch_workers(cfg: dict[str, Any], job: Any, world_size: int) -> list[Any]:
 
 
 def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    from splitnet.launchers.simulate import WorkerFailed
     from splitnet.report import plan_table
     from splitnet.train.curves import draw_curves
-    from splitnet.train.loop import train_worker
+    from splitnet.train.loop import log_tail, train_worker
 
     cfg = launcher_config(cfg)
     checked = preflight(cfg, run_dir)
@@ -85,7 +86,11 @@ def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         print(f"splitnet train: data {info.name} ({info.num_classes} classes), run folder {run_dir}",
               file=sys.stderr)
     job_cfg = {**cfg, "plan": plan.to_dict(), "run_dir": str(run_dir)}
-    results = launch_workers(job_cfg, train_worker, plan.devices * plan.replicas)
+    try:
+        results = launch_workers(job_cfg, train_worker, plan.devices * plan.replicas)
+    except WorkerFailed as failed:
+        print(file=sys.stderr)  # end the progress bar's line the failed job left open
+        raise failed.with_context(log_tail(run_dir, failed.rank)) from None
     final = next((r["final"] for r in results if r["reporter"]), None)
     if reporting and (run_dir / "metrics.jsonl").exists():
         draw_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")

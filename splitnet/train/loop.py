@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,15 @@ def _logger(run_dir: Path, rank: int, console: bool) -> logging.Logger:
         stream.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(stream)
     return log
+
+
+def log_tail(run_dir: Path, rank: int, lines: int = 10) -> str:
+    """The end of a rank's log and where the run lives, for the report of a failed job."""
+    path = run_dir / "logs" / f"rank{rank}.log"
+    if not path.exists():
+        return f"rank {rank} wrote no log ({path})\nrun folder: {run_dir}"
+    last = path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join([f"last lines of {path}:", *(f"  {line}" for line in last), f"run folder: {run_dir}"])
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -86,6 +96,10 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
 def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
+    # tqdm's default lock is a named semaphore registered with multiprocessing's resource
+    # tracker; a rank that is killed never unregisters it, and the tracker then warns of a
+    # leak at exit. One process draws at most one bar: a thread lock is all it needs.
+    tqdm.set_lock(threading.RLock())
     run_dir = Path(cfg["run_dir"])
     spec = load_spec(cfg["model"])
     plan = Plan.from_dict(cfg["plan"])
