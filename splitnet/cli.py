@@ -105,8 +105,11 @@ def _train(cfg: dict[str, Any]) -> int:
     final = out["final"]
     if final is None:  # a torchrun rank that does not report: the reporting rank prints the result
         return 0
-    print(f"final held-out top-1 accuracy: {final['top1']:.2%} (top-5 {final['top5']:.2%}, "
-          f"{final['val_samples']} images, epoch {final['epoch'] + 1}, step {final['step']})")
+    if "top1" in final:
+        print(f"final held-out top-1 accuracy: {final['top1']:.2%} (top-5 {final['top5']:.2%}, "
+              f"{final['val_samples']} images, epoch {final['epoch'] + 1}, step {final['step']})")
+    else:
+        print(f"trained without validation (eval.enabled=false): epoch {final['epoch'] + 1}, step {final['step']}")
     print(f"run folder: {out['run_dir']} (metrics.jsonl, curves.png, plan.png, checkpoints/, logs/)")
     return 0
 

@@ -1,7 +1,8 @@
 """``splitnet train``: plan once, prepare the data, start the workers, report.
 
-The parent never trains: it partitions the model (errors surface before any process
-starts), builds the embedded dataset's cache once (so N workers do not race to), writes
+The parent never trains: it checks everything that can be checked before launching
+(``preflight``: bad input fails here, in one line, before any process starts), builds
+the embedded dataset's cache once (so N workers do not race to), writes
 the plan (JSON, table, picture) into the run folder, hands ``train_worker`` to the
 launcher, and draws the curves when the workers are done. Under torchrun every rank is
 its own parent: each plans (the same plan), rank 0 writes the plan files, and only the
@@ -15,19 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from splitnet.errors import SplitnetError
-from splitnet.partition import Mesh, make_plan
-from splitnet.spec import load_spec
-
-
-def require_float32(cfg: dict[str, Any]) -> None:
-    if cfg.get("dtype_bytes", 4) != 4:
-        raise SplitnetError(f"dtype_bytes={cfg.get('dtype_bytes')!r}: the runtime computes in float32 "
-                            "(dtype_bytes=4); other sizes are for `splitnet plan` estimates only")
+from splitnet.partition import Mesh
+from splitnet.train.preflight import preflight
 
 
 def launcher_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The config as the chosen launcher runs it (torchrun derives the mesh from its world size
-    and resumes after a restart; the others change nothing)."""
+    """The config as the chosen launcher runs it (torchrun derives ``mesh.replicas`` from its
+    world size and checks it; the others change nothing)."""
     if cfg["launcher"].get("name") == "torchrun":
         from splitnet.launchers.torchrun import adapt_config
 
@@ -65,53 +60,13 @@ def launch_workers(cfg: dict[str, Any], job: Any, world_size: int) -> list[Any]:
 
 
 def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    from splitnet.data import data_info
     from splitnet.report import plan_table
     from splitnet.train.curves import draw_curves
     from splitnet.train.loop import train_worker
 
     cfg = launcher_config(cfg)
-    spec = load_spec(cfg["model"])
-    require_float32(cfg)
-    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], 4)
-    eval_rows = cfg["eval"]["batch_size"] * cfg["eval"]["crops"]
-    if plan.strategy == "hybrid" and eval_rows % plan.devices:
-        raise SplitnetError(f"hybrid: eval.batch_size x eval.crops = {eval_rows} must be divisible by "
-                            f"mesh.devices={plan.devices}: each device evaluates an equal part of a batch")
-    if cfg["eval"]["crops"] not in (1, 10):
-        raise SplitnetError(f"eval.crops={cfg['eval']['crops']!r}; valid: 1 (centre) or 10")
-    info = data_info(cfg["data"])
-    if info.num_classes != spec.num_classes:
-        raise SplitnetError(f"data {info.name!r} has {info.num_classes} classes but model {spec.name!r} "
-                            f"ends in {spec.num_classes} outputs; change the last layer's out or the data")
-    resume = cfg["train"].get("resume")
-    if resume:  # refuse an unusable checkpoint before any process starts
-        from splitnet.train.checkpoint import (
-            CheckpointError,
-            complete_checkpoints,
-            find_checkpoint,
-            model_difference,
-            read_meta,
-        )
-
-        done = complete_checkpoints(run_dir / "checkpoints") if resume == "auto" else [find_checkpoint(resume)]
-        if done:
-            meta = read_meta(done[-1])
-            diff = model_difference(meta["config"]["model"], cfg["model"])
-            if diff is not None:
-                raise CheckpointError(f"checkpoint {done[-1]} is for a different model: {diff}")
-            if meta["batch_in_epoch"]:  # mid-epoch: the data position counts this data's batches
-                was = meta["config"]
-                now = {"batch_size": cfg["batch_size"], "mesh.replicas": plan.replicas, "seed": cfg["seed"],
-                       "data": cfg["data"]}
-                then = {"batch_size": was["batch_size"], "mesh.replicas": was["mesh"]["replicas"],
-                        "seed": was["seed"], "data": was["data"]}
-                changed = [k for k in now if now[k] != then[k]]
-                if changed:
-                    raise CheckpointError(
-                        f"checkpoint {done[-1]} stopped inside an epoch (after batch {meta['batch_in_epoch']}); "
-                        f"resuming there needs the same {', '.join(changed)} as before ({then}); resume from "
-                        "an epoch-end checkpoint to change them")
+    checked = preflight(cfg, run_dir)
+    spec, plan, info = checked.spec, checked.plan, checked.info
     run_dir.mkdir(parents=True, exist_ok=True)
     here = own_ranks(cfg, plan.devices * plan.replicas)
     if 0 in here:
