@@ -21,8 +21,8 @@ from splitnet.train.preflight import preflight
 
 
 def launcher_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The config as the chosen launcher runs it (torchrun derives the mesh from its world size
-    and resumes after a restart; the others change nothing)."""
+    """The config as the chosen launcher runs it (torchrun derives ``mesh.replicas`` from its
+    world size and checks it; the others change nothing)."""
     if cfg["launcher"].get("name") == "torchrun":
         from splitnet.launchers.torchrun import adapt_config
 
