@@ -16,6 +16,8 @@ COLUMNS = [
     ("range", "min - max", "{}"),
     ("ratio", "ratio (same round)", "{:.2f}"),
     ("ratio_range", "ratio min - max", "{}"),
+    ("images_per_cpu_s", "images/CPU-s", "{:,.1f}"),
+    ("cpu_ratio", "CPU ratio (same round)", "{:.2f}"),
     ("step_s", "step s", "{:.3f}"),
     ("exchange_s", "in exchanges s", "{:.3f}"),
     ("wait_s", "waiting s", "{:.3f}"),

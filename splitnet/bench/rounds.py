@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The per-step figures a contender may report beside its rate; medians over rounds.
-FIGURES = ("step_s", "exchange_s", "wait_s", "bytes_per_step")
+FIGURES = ("step_s", "cpu_s", "exchange_s", "wait_s", "bytes_per_step")
 
 
 def summarise(rounds: Sequence[Mapping[str, Mapping[str, Any]]], baseline: str,
@@ -35,6 +35,11 @@ def summarise(rounds: Sequence[Mapping[str, Mapping[str, Any]]], baseline: str,
         row["ratio"] = statistics.median(ratios) if ratios else None
         row["ratio_min"] = min(ratios) if ratios else None
         row["ratio_max"] = max(ratios) if ratios else None
+        cpu = [m[name]["images_per_cpu_s"] / m[baseline]["images_per_cpu_s"] for m in seen
+               if "images_per_cpu_s" in m[name] and baseline in m]
+        if cpu:
+            row["images_per_cpu_s"] = statistics.median(m[name]["images_per_cpu_s"] for m in seen)
+            row["cpu_ratio"] = statistics.median(cpu)
         for figure in FIGURES:
             values = [m[name][figure] for m in seen if m[name].get(figure) is not None]
             row[figure] = statistics.median(values) if values else None

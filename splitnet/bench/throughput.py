@@ -4,6 +4,8 @@ Each round runs every contender once, in the same order (reference first); conte
 that need the same number of processes share one launch. A contender's images/s is the
 global batch times the timed steps over the slowest rank's time between two barriers;
 its ratio is taken against the reference of the same round (``rounds.summarise``).
+Beside it, images per CPU-second (all ranks' CPU time summed) and its own ratio: the
+figure that survives a machine shared with other jobs.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def measure(cfg: dict[str, Any], s: dict[str, Any]) -> tuple[list[Any], list[dic
                 seconds = max(x["seconds"] for x in ranks)
                 measured[c.name] = {
                     "images_per_s": s["batch"] * s["steps"] / seconds, "step_s": seconds / s["steps"],
+                    "cpu_s": sum(x["cpu_s"] for x in ranks),
+                    "images_per_cpu_s": s["batch"] / sum(x["cpu_s"] for x in ranks),
                     "exchange_s": _max(x["exchange_s"] for x in ranks), "wait_s": _max(x["wait_s"] for x in ranks),
                     "bytes_per_step": max(x["bytes_per_step"] for x in ranks), "key": c.key, "world": c.world,
                     "planned_bytes_per_step": _planned(c.plan)}
