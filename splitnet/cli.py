@@ -37,6 +37,7 @@ commands:
   evaluate   evaluate a checkpoint
   export     write a checkpoint's merged single-model state_dict
   shards     write webdataset shards from images (see `splitnet shards --help`)
+  bench      throughput|bytes|data|all: splitnet against DDP and torch pipelining [out=DIR]
 
 Configuration is Hydra's: e.g. `splitnet plan model=alexnet partition=hybrid mesh.devices=4`,
 `--config-dir DIR model=NAME` for your own model files, `--cfg job` to print the config.
@@ -137,6 +138,16 @@ def _evaluate(cfg: dict[str, Any]) -> int:
     return 0
 
 
+def _bench(suite: str) -> Callable[[dict[str, Any]], int]:
+    def job(cfg: dict[str, Any]) -> int:
+        from splitnet.bench.suites import run_suites
+
+        run_suites(suite, cfg)
+        return 0
+
+    return job
+
+
 def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
     return {"describe": _describe, "plan": _plan, "verify": _verify, "train": _train, "export": _export,
             "evaluate": _evaluate}
@@ -185,6 +196,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return shards_main(args)
     commands = _commands()
+    if command == "bench":
+        from splitnet.bench.suites import NAMES
+
+        if not args or args[0] not in NAMES:
+            print(f"splitnet bench: name a suite first: {' | '.join(NAMES)} (got {args[:1] or 'nothing'})",
+                  file=sys.stderr)
+            return 2
+        commands[command], args = _bench(args[0]), args[1:]
     if command not in commands:
         print(f"splitnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
