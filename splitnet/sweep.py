@@ -41,11 +41,15 @@ class SweepError(SplitnetError):
 
 @dataclass
 class Run:
-    """One run as its files tell it; ``status`` is done, incomplete or missing."""
+    """One run as its files tell it; ``status`` is done, incomplete or missing.
+
+    ``name`` is the Hydra job number for a run its sweep expects, else the folder's name.
+    """
 
     name: str
     overrides: dict[str, str]
     status: str
+    folder: str | None = None
     epochs: list[dict[str, Any]] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)  # per epoch, mean over its steps
     step_loss: dict[int, float] = field(default_factory=dict)
@@ -179,7 +183,7 @@ def read_run(run_dir: Path, name: str, overrides: dict[str, str]) -> Run:
     """A run folder's metrics, summarised; a folder without metrics is a missing run."""
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
-        return Run(name, overrides, "missing")
+        return Run(name, overrides, "missing", str(run_dir))
     records = _read_jsonl(metrics)
     by_epoch = {r["epoch"]: r for r in records if r.get("kind") == "epoch"}  # a resumed run's last word
     epochs = [by_epoch[e] for e in sorted(by_epoch)]
@@ -200,7 +204,7 @@ def read_run(run_dir: Path, name: str, overrides: dict[str, str]) -> Run:
     last_step = max(losses, default=0)
     done = bool(epochs) and ((max_epochs is not None and epochs[-1]["epoch"] + 1 >= max_epochs)
                              or (max_steps is not None and epochs[-1]["step"] >= max_steps))
-    return Run(name, overrides, "done" if done else "incomplete", epochs, train_loss,
+    return Run(name, overrides, "done" if done else "incomplete", str(run_dir), epochs, train_loss,
                {s: loss for s, (_, loss) in losses.items() if s <= last_step}, _wall_seconds(run_dir),
                statistics.median(speeds) if speeds else None, params,
                statistics.fmean(per_step.values()) if per_step else None)
@@ -237,7 +241,7 @@ def collect(root: str | Path) -> Sweep:
                 runs.append(Run(str(job), want, "missing"))
                 continue
             unclaimed.remove(match)
-            runs.append(read_run(match[0], match[0].relative_to(root).as_posix(), want))
+            runs.append(read_run(match[0], str(job), want))
         found = unclaimed
     runs += [read_run(d, d.relative_to(root).as_posix() if d != root else d.name, o) for d, o in found]
     if not runs:
