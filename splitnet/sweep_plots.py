@@ -73,6 +73,7 @@ def draw_heatmap(sweep: Sweep, out: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import patheffects
 
     rows_key, cols_key = sweep.factors
     cells = {(s.overrides[rows_key], s.overrides[cols_key]): s for s in sweep.settings()}
@@ -87,7 +88,8 @@ def draw_heatmap(sweep: Sweep, out: Path) -> Path | None:
         mean, std, n = stats
         grid[rows.index(r)][cols.index(c)] = 100 * (1 - mean)
         text = f"{100 * (1 - mean):.1f}" + ("" if std is None else f"\n± {100 * std:.1f}") + f"\n({n} runs)"
-        ax.text(cols.index(c), rows.index(r), text, ha="center", va="center", fontsize=9)
+        ax.text(cols.index(c), rows.index(r), text, ha="center", va="center", fontsize=9, color="white",
+                path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])  # readable on any cell
     image = ax.imshow(grid, cmap="viridis_r", aspect="auto")
     fig.colorbar(image, ax=ax, label="final held-out top-1 error (%)")
     ax.set_xticks(range(len(cols)), cols)
