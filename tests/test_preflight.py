@@ -81,7 +81,7 @@ def test_bad_input_fails_in_the_parent_naming_key_value_and_fix(sets, tmp_path, 
     assert no_workers == [] and multiprocessing.active_children() == []
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_training_without_validation_on_request(sets, tmp_path, capsys):
     args = ["train", "data=cifar10", f"data.root={sets['train_only']}", "data.workers=0", "eval.enabled=false",
             "optim.schedule=constant", "mesh.devices=1", "batch_size=20", "train.epochs=1",
