@@ -38,6 +38,8 @@ commands:
   evaluate   evaluate a checkpoint
   export     write a checkpoint's merged single-model state_dict
   shards     write webdataset shards from images (see `splitnet shards --help`)
+  bench      throughput|bytes|data|all: splitnet against DDP and torch pipelining [out=DIR]
+  report     collect a run or sweep folder into a table and plots: report DIR [out=DIR] [format=json]
 
 Configuration is Hydra's: e.g. `splitnet plan model=alexnet partition=hybrid mesh.devices=4`,
 `--config-dir DIR model=NAME` for your own model files, `--cfg job` to print the config.
@@ -114,8 +116,13 @@ def _train(cfg: dict[str, Any]) -> int:
     run_dir = Path(cfg["train"].get("run_dir") or HydraConfig.get().runtime.output_dir)
     out = run_train(cfg, run_dir)
     final = out["final"]
-    print(f"final held-out top-1 accuracy: {final['top1']:.2%} (top-5 {final['top5']:.2%}, "
-          f"{final['val_samples']} images, epoch {final['epoch'] + 1}, step {final['step']})")
+    if final is None:  # a torchrun rank that does not report: the reporting rank prints the result
+        return 0
+    if "top1" in final:
+        print(f"final held-out top-1 accuracy: {final['top1']:.2%} (top-5 {final['top5']:.2%}, "
+              f"{final['val_samples']} images, epoch {final['epoch'] + 1}, step {final['step']})")
+    else:
+        print(f"trained without validation (eval.enabled=false): epoch {final['epoch'] + 1}, step {final['step']}")
     print(f"run folder: {out['run_dir']} (metrics.jsonl, curves.png, plan.png, checkpoints/, logs/)")
     return 0
 
@@ -143,6 +150,45 @@ def _evaluate(cfg: dict[str, Any]) -> int:
     return 0
 
 
+def _bench(suite: str) -> Callable[[dict[str, Any]], int]:
+    def job(cfg: dict[str, Any]) -> int:
+        from splitnet.bench.suites import run_suites
+
+        run_suites(suite, cfg)
+        return 0
+
+    return job
+
+
+def _report(args: list[str]) -> int:
+    """``splitnet report DIR [out=DIR] [format=json]``: not a Hydra app, it reads finished files."""
+    from splitnet.sweep import collect, markdown, to_json
+    from splitnet.sweep_plots import draw_curves, draw_heatmap
+
+    paths = [a for a in args if "=" not in a]
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    unknown = sorted(set(options) - {"out", "format"})
+    if len(paths) != 1 or unknown or options.get("format", "table") not in ("table", "json"):
+        print("usage: splitnet report RUN_OR_SWEEP_DIR [out=DIR] [format=table|json]"
+              + (f" (unknown option(s) {unknown})" if unknown else ""), file=sys.stderr)
+        return 2
+    try:
+        sweep = collect(paths[0])
+        out = Path(options.get("out") or paths[0])
+        out.mkdir(parents=True, exist_ok=True)
+        text = markdown(sweep)
+        (out / "report.md").write_text(text)
+        (out / "report.json").write_text(json.dumps(to_json(sweep), indent=1))
+        pictures = [draw_curves(sweep, out / "curves.png"), draw_heatmap(sweep, out / "heatmap.png")]
+    except SplitnetError as exc:
+        print(f"splitnet report: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(to_json(sweep)) if options.get("format") == "json" else text)
+    print(f"wrote {out / 'report.md'}, {out / 'report.json'}, "
+          + ", ".join(str(p) for p in pictures if p is not None), file=sys.stderr)
+    return 0
+
+
 def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
     return {"describe": _describe, "plan": _plan, "verify": _verify, "profile": _profile, "train": _train,
             "export": _export, "evaluate": _evaluate}
@@ -151,6 +197,9 @@ def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:
     import hydra
 
+    from splitnet.convstack import register_resolver
+
+    register_resolver()
     result = {"rc": 1}
 
     def task(cfg: Any) -> None:
@@ -163,6 +212,14 @@ def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[st
     quiet = [] if command == "train" else [
         "hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none",
         "hydra/hydra_logging=none"]
+    if command == "train":  # under torchrun every rank is a Hydra app: one agreed run folder
+        from splitnet.launchers.torchrun import run_folder_override
+
+        try:
+            quiet = run_folder_override(args)
+        except SplitnetError as exc:
+            print(f"splitnet {command}: error: {exc}", file=sys.stderr)
+            return 2
     saved = sys.argv
     sys.argv = [f"splitnet-{command}", *args, *quiet]
     try:
@@ -178,11 +235,21 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, args = argv[0], argv[1:]
+    if command == "report":
+        return _report(args)
     if command == "shards":
         from splitnet.data.cli import main as shards_main
 
         return shards_main(args)
     commands = _commands()
+    if command == "bench":
+        from splitnet.bench.suites import NAMES
+
+        if not args or args[0] not in NAMES:
+            print(f"splitnet bench: name a suite first: {' | '.join(NAMES)} (got {args[:1] or 'nothing'})",
+                  file=sys.stderr)
+            return 2
+        commands[command], args = _bench(args[0]), args[1:]
     if command not in commands:
         print(f"splitnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

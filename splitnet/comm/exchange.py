@@ -127,3 +127,15 @@ def share_metrics(values: torch.Tensor, transport: Transport, src: int) -> torch
     if transport.mp_rank != src:
         shared.zero_()
     return transport.all_reduce(shared, transport.group(tuple(range(devices))), devices, "eval", "fwd").cpu()
+
+
+def combine_metrics(values: torch.Tensor, transport: Transport, src: int) -> torch.Tensor:
+    """Evaluation counts summed over the replicas, on every rank: each replica scored its
+    own share of the validation set. ``share_metrics`` within each model-parallel group,
+    then an all-reduce over the data-parallel group; metered as layer "eval"."""
+    shared = share_metrics(values, transport, src)
+    replicas = transport.mesh.replicas
+    if replicas == 1:
+        return shared
+    total = shared.to(transport.device, copy=True)
+    return transport.all_reduce(total, transport.replica_group, replicas, "eval", "fwd").cpu()
