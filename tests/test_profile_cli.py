@@ -49,3 +49,18 @@ def test_profile_of_a_tiny_spec_over_two_devices(tmp_path, monkeypatch, capsys):
         "fc": (2 * 4096, 2 * 4096), "loss": (96, 96)}
     assert report["exchanges_ok"] is True
     assert (tmp_path / "profile.png").stat().st_size > 0
+
+
+def test_a_plan_over_the_device_memory_cap_is_refused_before_any_process(monkeypatch, capsys):
+    import splitnet.launchers.simulate
+    from splitnet.cli import main
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a plan that does not fit was launched")
+
+    monkeypatch.setattr(splitnet.launchers.simulate, "launch", no_launch)
+    assert main(["profile", "mesh.devices=1", "mesh.device_memory=100MiB"]) == 2
+    err = capsys.readouterr().err
+    assert "columns: the predicted peak per device (rank 0 " in err
+    assert ("exceeds mesh.device_memory=104,857,600 bytes (100 MiB); the smallest mesh that fits is "
+            "mesh.devices=2") in err

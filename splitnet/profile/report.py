@@ -26,9 +26,11 @@ def planned_breakdown(cost: DeviceCost) -> dict[str, int]:
 
 def run_profile(cfg: dict[str, Any]) -> dict[str, Any]:
     from splitnet.profile.worker import profile_worker
-    from splitnet.train.job import launch_workers, require_float32
+    from splitnet.train.job import launch_workers, launcher_config
+    from splitnet.train.preflight import require_float32
     from splitnet.verify import _compare_traffic
 
+    cfg = launcher_config(cfg)
     spec = load_spec(cfg["model"])
     require_float32(cfg)
     plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], 4)
