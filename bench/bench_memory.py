@@ -7,6 +7,10 @@ and the measured peak against D=1 of the same strategy. Also draws the table as 
 beside each run's own profile picture.
 
     python bench/bench_memory.py [model=alexnet] [batch_size=128] [out=bench/memory.png]
+        [strategies=columns,pipeline,hybrid] [devices=1,2,4]
+
+Each row is printed as soon as its run ends (alexnet at batch 128 takes minutes per run on
+a shared CPU), and each run's JSON report is kept beside the picture.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def profile(model: str, batch: int, strategy: str, devices: int, pictures: Path)
            f"partition={strategy}", f"mesh.devices={devices}", "format=json", f"picture={picture}"]
     print(f"bench_memory: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    picture.with_suffix(".json").write_text(done.stdout)
     return json.loads(done.stdout)
 
 
@@ -37,25 +42,28 @@ def main(argv: list[str]) -> int:
     model, batch = args.get("model", "alexnet"), int(args.get("batch_size", 128))
     out = Path(args.get("out", "bench/memory.png"))
     out.parent.mkdir(parents=True, exist_ok=True)
+    strategies = args.get("strategies", ",".join(STRATEGIES)).split(",")
+    devices = [int(d) for d in args.get("devices", ",".join(map(str, DEVICES))).split(",")]
+    mib = 2**20
+    print("| strategy | D | planned peak / device | measured peak / device | planned / measured | "
+          "measured vs the first D | peak RSS |\n|---|---|---|---|---|---|---|", flush=True)
     rows = []
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         base = None
-        for d in DEVICES:
+        for d in devices:
             report = profile(model, batch, strategy, d, out.parent)
             worst = max(report["ranks"], key=lambda r: r["measured_peak_bytes"])
             planned = max(r["planned_peak_bytes"] for r in report["ranks"])
-            base = base or worst["measured_peak_bytes"]
-            rows.append((strategy, d, planned, worst["measured_peak_bytes"], worst["rss_peak_bytes"], base))
-    mib = 2**20
-    print("| strategy | D | planned peak / device | measured peak / device | planned / measured | "
-          "measured vs D=1 | peak RSS |\n|---|---|---|---|---|---|---|")
-    for strategy, d, planned, measured, rss, base in rows:
-        print(f"| {strategy} | {d} | {planned / mib:,.0f} MiB | {measured / mib:,.0f} MiB | {planned / measured:.3f} | "
-              f"{measured / base:.2f}x | {rss / mib:,.0f} MiB |")
+            measured = worst["measured_peak_bytes"]
+            base = base or measured
+            rows.append((strategy, d, planned, measured))
+            print(f"| {strategy} | {d} | {planned / mib:,.0f} MiB | {measured / mib:,.0f} MiB | "
+                  f"{planned / measured:.3f} | {measured / base:.2f}x | {worst['rss_peak_bytes'] / mib:,.0f} MiB |",
+                  flush=True)
     fig = Figure(figsize=(7, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for i, (_, _, planned, measured, _, _) in enumerate(rows):
+    for i, (_, _, planned, measured) in enumerate(rows):
         ax.bar(i - 0.2, planned / mib, 0.38, color="#9ecae1", label="planned" if i == 0 else None)
         ax.bar(i + 0.2, measured / mib, 0.38, color="#d62728", label="measured" if i == 0 else None)
     ax.set_xticks(range(len(rows)), [f"{s}\nD={d}" for s, d, *_ in rows], fontsize=7)
