@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from splitnet.bench.contenders import contenders
-from splitnet.bench.worker import _runner
+from splitnet.bench.worker import make_runner
 from splitnet.cli import CONF_DIR
 from splitnet.launchers.simulate import launch
 from splitnet.spec import load_spec
@@ -27,7 +27,7 @@ def job(rank: int, world: int, cfg: dict[str, Any]) -> str:
 
     spec = load_spec(cfg["model"])
     batches = [verify_batch(spec, 0, k, cfg["batch"]) for k in range(2)]
-    runner = _runner(spec, batches, rank, world, cfg["contender"], 300.0)
+    runner = make_runner(spec, batches, rank, world, cfg["contender"], 300.0)
     runner.step(0)
     runner.step(1)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -82,8 +82,12 @@ class Setting:
     runs: list[Run]
 
     def stats(self, key: str) -> tuple[float, float | None, int] | None:
-        """(mean, sample std or None for one run, runs counted) over runs that have ``key``."""
-        values = [v for v in (r.value(key) for r in self.runs) if v is not None]
+        """(mean, sample std or None for one run, runs counted) over the finished runs.
+
+        A run still going (or stopped) would pull the mean towards its early epochs; it
+        stays in the per-run table and the curves only.
+        """
+        values = [v for v in (r.value(key) for r in self.runs if r.status == "done") if v is not None]
         if not values:
             return None
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)

@@ -66,7 +66,7 @@ def draw_curves(sweep: Sweep, out: Path) -> Path:
 
 
 def draw_heatmap(sweep: Sweep, out: Path) -> Path | None:
-    """None unless exactly two factors vary (besides the seed)."""
+    """None unless exactly two factors vary (besides the seed). Cells count finished runs only."""
     if len(sweep.factors) != 2:
         return None
     import matplotlib
@@ -87,7 +87,8 @@ def draw_heatmap(sweep: Sweep, out: Path) -> Path | None:
             continue
         mean, std, n = stats
         grid[rows.index(r)][cols.index(c)] = 100 * (1 - mean)
-        text = f"{100 * (1 - mean):.1f}" + ("" if std is None else f"\n± {100 * std:.1f}") + f"\n({n} runs)"
+        spread = "" if std is None else f"\n± {100 * std:.1f}"
+        text = f"{100 * (1 - mean):.1f}{spread}\n({n} run{'s' if n > 1 else ''})"
         ax.text(cols.index(c), rows.index(r), text, ha="center", va="center", fontsize=9, color="white",
                 path_effects=[patheffects.withStroke(linewidth=2, foreground="black")])  # readable on any cell
     image = ax.imshow(grid, cmap="viridis_r", aspect="auto")

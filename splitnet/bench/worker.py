@@ -172,7 +172,7 @@ def splitnet_runner(spec: ModelSpec, batches: list[Batch], rank: int, plan_dict:
                                         "wait_s": transport.wait_s})
 
 
-def _runner(spec: ModelSpec, batches: list[Batch], rank: int, world: int, c: dict[str, Any],
+def make_runner(spec: ModelSpec, batches: list[Batch], rank: int, world: int, c: dict[str, Any],
             timeout_s: float) -> Runner:
     if c["key"] == "reference":
         return reference_runner(spec, batches)
@@ -190,7 +190,7 @@ def bench_worker(rank: int, world: int, cfg: dict[str, Any]) -> list[dict[str, A
     steps, warmup = cfg["steps"], cfg["warmup"]
     results = []
     for c in cfg["contenders"]:
-        runner = _runner(spec, batches, rank, world, c, cfg["timeout_s"])
+        runner = make_runner(spec, batches, rank, world, c, cfg["timeout_s"])
         for k in range(warmup):
             runner.step(k)
         dist.barrier()
