@@ -7,10 +7,11 @@ and the measured peak against D=1 of the same strategy. Also draws the table as 
 beside each run's own profile picture.
 
     python bench/bench_memory.py [model=alexnet] [batch_size=128] [out=bench/memory.png]
-        [strategies=columns,pipeline,hybrid] [devices=1,2,4]
+        [strategies=columns,pipeline,hybrid] [devices=1,2,4] [reuse=true]
 
 Each row is printed as soon as its run ends (alexnet at batch 128 takes minutes per run on
-a shared CPU), and each run's JSON report is kept beside the picture.
+a shared CPU), and each run's JSON report is kept beside the picture; ``reuse=true`` reads a
+run's report from there instead of running it again (to rebuild the table and picture).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ STRATEGIES = ("columns", "pipeline", "hybrid")
 DEVICES = (1, 2, 4)
 
 
-def profile(model: str, batch: int, strategy: str, devices: int, pictures: Path) -> dict:
+def profile(model: str, batch: int, strategy: str, devices: int, pictures: Path, reuse: bool) -> dict:
     picture = pictures / f"profile_{model}_{strategy}_D{devices}.png"
+    if reuse and picture.with_suffix(".json").exists():
+        return json.loads(picture.with_suffix(".json").read_text())
     cmd = [sys.executable, "-m", "splitnet", "profile", f"model={model}", f"batch_size={batch}",
            f"partition={strategy}", f"mesh.devices={devices}", "format=json", f"picture={picture}"]
     print(f"bench_memory: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
@@ -51,7 +54,7 @@ def main(argv: list[str]) -> int:
     for strategy in strategies:
         base = None
         for d in devices:
-            report = profile(model, batch, strategy, d, out.parent)
+            report = profile(model, batch, strategy, d, out.parent, args.get("reuse") == "true")
             worst = max(report["ranks"], key=lambda r: r["measured_peak_bytes"])
             planned = max(r["planned_peak_bytes"] for r in report["ranks"])
             measured = worst["measured_peak_bytes"]
