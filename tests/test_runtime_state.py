@@ -116,13 +116,13 @@ def test_merge_state_refuses_the_wrong_number_of_shards():
 @pytest.mark.parametrize("exchange", ["auto", "gather"])
 def test_alexnet_rank_draws_only_its_own_rows(alexnet, exchange, monkeypatch):
     """A rank of 2-device alexnet never draws rows outside its shard; a reduce-mode layer
-    (input columns) draws its whole layer once, one layer at a time."""
+    (input columns) draws every row but keeps only its columns, one row at a time."""
     real = splitnet.reference.draw_rows
     drawn = []
 
-    def recording(seed, layer, rows, row_shape, std):
-        drawn.append((layer, rows))
-        return real(seed, layer, rows, row_shape, std)
+    def recording(seed, layer, rows, row_shape, std, cols=None):
+        drawn.append((layer, rows, cols))
+        return real(seed, layer, rows, row_shape, std, cols)
 
     monkeypatch.setattr(splitnet.reference, "draw_rows", recording)
     plan = make_plan(alexnet, {"strategy": "columns", "exchange": exchange}, Mesh(2), 128)
@@ -132,12 +132,14 @@ def test_alexnet_rank_draws_only_its_own_rows(alexnet, exchange, monkeypatch):
     for rank in range(2):
         drawn.clear()
         shard = build_shard(alexnet, plan, rank)
-        assert [layer for layer, _ in drawn] == [layer.name for layer in weighted]  # each layer once, in order
-        for layer, rows in drawn:
+        assert [layer for layer, _, _ in drawn] == [layer.name for layer in weighted]  # each layer once, in order
+        for layer, rows, cols in drawn:
             out = alexnet.layer(layer).out
             if layer in reduce:
                 assert rows == range(out)
+                assert cols == plan.placement(layer).shard(rank).cols
+                assert getattr(shard, layer).weight.shape[1] == cols[1] - cols[0]
             else:
-                assert rows == range(*plan.placement(layer).shard(rank).out)
+                assert rows == range(*plan.placement(layer).shard(rank).out) and cols is None
                 assert len(rows) == out // 2
         assert sum(p.numel() for p in shard.parameters()) == plan.costs[rank].param_count
