@@ -33,10 +33,12 @@ commands:
   describe   the model spec as a table: shapes, parameters, FLOPs per layer
   plan       partition the model over a device mesh: placement, exchanges, costs
   verify     run the split model and the single-device reference, prove them equal
+  profile    measure each rank's peak tensor memory and step time beside the plan
   train      train a split model (default: alexnet_small on 2 simulated CPU devices)
   evaluate   evaluate a checkpoint
   export     write a checkpoint's merged single-model state_dict
   shards     write webdataset shards from images (see `splitnet shards --help`)
+  bench      throughput|bytes|data|all: splitnet against DDP and torch pipelining [out=DIR]
   report     collect a run or sweep folder into a table and plots: report DIR [out=DIR] [format=json]
 
 Configuration is Hydra's: e.g. `splitnet plan model=alexnet partition=hybrid mesh.devices=4`,
@@ -96,6 +98,16 @@ def _verify(cfg: dict[str, Any]) -> int:
     return 0 if report["ok"] else 1
 
 
+def _profile(cfg: dict[str, Any]) -> int:
+    from splitnet.profile import profile_table, run_profile
+    from splitnet.profile.picture import draw_profile
+
+    report = run_profile(cfg)
+    drawn = draw_profile(report, cfg.get("picture") or "profile.png")
+    print(json.dumps(report) if cfg.get("format") == "json" else f"{profile_table(report)}\n\npicture: {drawn}")
+    return 0
+
+
 def _train(cfg: dict[str, Any]) -> int:
     from hydra.core.hydra_config import HydraConfig
 
@@ -104,8 +116,13 @@ def _train(cfg: dict[str, Any]) -> int:
     run_dir = Path(cfg["train"].get("run_dir") or HydraConfig.get().runtime.output_dir)
     out = run_train(cfg, run_dir)
     final = out["final"]
-    print(f"final held-out top-1 accuracy: {final['top1']:.2%} (top-5 {final['top5']:.2%}, "
-          f"{final['val_samples']} images, epoch {final['epoch'] + 1}, step {final['step']})")
+    if final is None:  # a torchrun rank that does not report: the reporting rank prints the result
+        return 0
+    if "top1" in final:
+        print(f"final held-out top-1 accuracy: {final['top1']:.2%} (top-5 {final['top5']:.2%}, "
+              f"{final['val_samples']} images, epoch {final['epoch'] + 1}, step {final['step']})")
+    else:
+        print(f"trained without validation (eval.enabled=false): epoch {final['epoch'] + 1}, step {final['step']}")
     print(f"run folder: {out['run_dir']} (metrics.jsonl, curves.png, plan.png, checkpoints/, logs/)")
     return 0
 
@@ -131,6 +148,16 @@ def _evaluate(cfg: dict[str, Any]) -> int:
         print(f"{result['model']} from {result['checkpoint']}: top-1 {result['top1']:.2%}, top-5 "
               f"{result['top5']:.2%}, loss {result['val_loss']:.4f} on {result['val_samples']} images")
     return 0
+
+
+def _bench(suite: str) -> Callable[[dict[str, Any]], int]:
+    def job(cfg: dict[str, Any]) -> int:
+        from splitnet.bench.suites import run_suites
+
+        run_suites(suite, cfg)
+        return 0
+
+    return job
 
 
 def _report(args: list[str]) -> int:
@@ -163,8 +190,8 @@ def _report(args: list[str]) -> int:
 
 
 def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
-    return {"describe": _describe, "plan": _plan, "verify": _verify, "train": _train, "export": _export,
-            "evaluate": _evaluate}
+    return {"describe": _describe, "plan": _plan, "verify": _verify, "profile": _profile, "train": _train,
+            "export": _export, "evaluate": _evaluate}
 
 
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:
@@ -185,6 +212,14 @@ def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[st
     quiet = [] if command == "train" else [
         "hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none",
         "hydra/hydra_logging=none"]
+    if command == "train":  # under torchrun every rank is a Hydra app: one agreed run folder
+        from splitnet.launchers.torchrun import run_folder_override
+
+        try:
+            quiet = run_folder_override(args)
+        except SplitnetError as exc:
+            print(f"splitnet {command}: error: {exc}", file=sys.stderr)
+            return 2
     saved = sys.argv
     sys.argv = [f"splitnet-{command}", *args, *quiet]
     try:
@@ -207,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return shards_main(args)
     commands = _commands()
+    if command == "bench":
+        from splitnet.bench.suites import NAMES
+
+        if not args or args[0] not in NAMES:
+            print(f"splitnet bench: name a suite first: {' | '.join(NAMES)} (got {args[:1] or 'nothing'})",
+                  file=sys.stderr)
+            return 2
+        commands[command], args = _bench(args[0]), args[1:]
     if command not in commands:
         print(f"splitnet: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

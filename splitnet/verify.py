@@ -131,7 +131,7 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
     from splitnet.launchers.simulate import launch
     from splitnet.runtime import merge_state
-    from splitnet.train.job import require_float32
+    from splitnet.train.preflight import require_float32
 
     spec = load_spec(cfg["model"])
     vcfg = cfg["verify"]

@@ -7,6 +7,7 @@ import pytest
 from splitnet.data.distribute import (
     batches_per_epoch,
     epoch_order,
+    eval_batches,
     replica_shards,
     role_batches,
     role_of,
@@ -37,6 +38,11 @@ def test_a_replica_without_shards_is_an_error() -> None:
         replica_shards(SHARDS[:3], 3, 4)
     with pytest.raises(DataError, match="replica 4 is not in 0..3"):
         replica_shards(SHARDS, 4, 4)
+    assert replica_shards(SHARDS[:3], 3, 4, allow_empty=True) == []  # evaluation: nothing to score
+
+
+def test_eval_batches_cover_every_sample() -> None:
+    assert [eval_batches(n, 10) for n in (0, 1, 10, 11, 120)] == [0, 1, 1, 2, 12]
 
 
 def test_batches_per_epoch_drops_the_remainder() -> None:

@@ -108,6 +108,33 @@ def test_skip_batches_resumes_with_the_same_batches(shard_dir, workers: int) -> 
     assert all(torch.equal(a[0], b[0]) for a, b in zip(full, again, strict=True))
 
 
+def test_batches_do_not_depend_on_the_number_of_workers(shard_dir) -> None:
+    augmented = {"flip": True, "pca_std": 0.1}
+    base = batches(loader(shard_dir, batch_size=16, replica=1, replicas=2, epoch=2, **augmented))
+    assert len(base) == N_TRAIN // 32
+    for workers, skip in [(2, 0), (3, 2)]:  # 3 workers on a resumed epoch: worker 0 starts at batch 2
+        other = batches(loader(shard_dir, batch_size=16, replica=1, replicas=2, epoch=2, workers=workers,
+                               skip=skip, **augmented))
+        assert len(other) == len(base) - skip
+        for (x, y), (xo, yo) in zip(base[skip:], other, strict=True):
+            assert torch.equal(x, xo) and torch.equal(y, yo)
+
+
+def test_val_scores_every_sample_once_in_partial_batches(shard_dir) -> None:
+    for replicas in (1, 2, 3):
+        seen = []
+        for replica in range(replicas):
+            ld = loader(shard_dir, split="val", batch_size=7, replica=replica, replicas=replicas, workers=2)
+            sizes = [len(y) for _, y in ld]
+            assert len(sizes) == len(ld)
+            assert sizes[:-1] == [7] * (len(sizes) - 1) and all(0 < n <= 7 for n in sizes[-1:])  # last partial
+            assert len(sizes) == {1: [6], 2: [3, 3], 3: [3, 3, 0]}[replicas][replica]  # val: 2 shards of 20
+            seen += [i for x, _ in ld for i in ids_of(x, shard_dir)]
+        assert sorted(seen) == list(range(N_TRAIN, N_TRAIN + N_VAL))
+    ten = batches(loader(shard_dir, split="val", batch_size=15, crops=10))
+    assert [x.shape[:2] for x, _ in ten] == [(15, 10), (15, 10), (10, 10)]
+
+
 def test_val_centre_crop_and_ten_crops(shard_dir) -> None:
     one = batches(loader(shard_dir, split="val", batch_size=10))
     ten = batches(loader(shard_dir, split="val", batch_size=10, crops=10))
@@ -148,10 +175,27 @@ def damaged(tmp_path) -> tuple[Path, Path, list[str]]:
 def test_bad_samples_are_skipped_and_counted(damaged, caplog) -> None:
     root, shard, keys = damaged
     ld = loader(root, batch_size=19, shuffle_buffer=0)
-    ids = [i for x, _ in ld for i in ids_of(x, root)]
+    got = [ids_of(x, root) for x, _ in ld]
     assert ld.stats["skipped"] == 2
-    assert sorted(ids) == sorted(set(range(40)) - {int(k) for k in keys})
+    assert [len(ids) for ids in got] == [19, 19]  # bad samples' places are filled within their batch
+    ids = [i for batch in got for i in batch]
+    # positions 0..37 of the epoch hold 36 good samples; each bad one's place repeats one of them
+    assert len(set(ids)) == 36 and not set(ids) & {int(k) for k in keys}
     assert any(keys[0] in r.getMessage() and shard.name in r.getMessage() for r in caplog.records)
+
+
+def test_resume_is_exact_when_bad_samples_fall_in_the_skipped_part(damaged) -> None:
+    root, _, _ = damaged
+    # Unshuffled, epoch 0 reads shards 2, 0, 1, 3: the damaged shard 1 is positions 20..29,
+    # inside the 6 batches of 5 that the resumed epoch skips.
+    whole = loader(root, batch_size=5, shuffle_buffer=0, pca_std=0.1, workers=2)
+    full = batches(whole)
+    resumed = loader(root, batch_size=5, shuffle_buffer=0, pca_std=0.1, skip=6)
+    tail = batches(resumed)
+    assert whole.stats["skipped"] == 2 and resumed.stats["skipped"] == 0
+    assert len(full) == 8 and len(tail) == 2
+    for (x, y), (xr, yr) in zip(full[6:], tail, strict=True):
+        assert torch.equal(x, xr) and torch.equal(y, yr)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -185,7 +229,7 @@ def test_shard_set_errors_name_the_cause(shard_dir, tmp_path) -> None:
     with pytest.raises(DataError, match="meta.json not found"):
         loader(tmp_path / "stray")
     with pytest.raises(DataError, match="replica 2 of 3 gets no shard: the set has only 2"):
-        loader(shard_dir, split="val", batch_size=5, replica=2, replicas=3)
+        loader(tmp_path / "train_only", batch_size=5, replica=2, replicas=3)
     with pytest.raises(DataError, match="data.num_classes=10 but .* lists 4 classes"):
         loader(shard_dir, num_classes=10)
 

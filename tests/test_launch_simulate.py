@@ -6,7 +6,11 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -88,24 +92,18 @@ def test_a_job_spawn_cannot_pickle_fails_with_the_pickling_error():
 
 def _workers(pid: int) -> list[int]:
     """The worker processes a job started (not multiprocessing's resource tracker)."""
-    from pathlib import Path
-
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(c) for c in (task / "children").read_text().split()]
     return [c for c in found if b"multiprocessing.spawn" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
-@pytest.mark.timeout(120)
-def test_ctrl_c_stops_the_job_and_every_worker(tmp_path):
-    import signal
-    import subprocess
-    import sys
-
+def _training_job(run_dir) -> tuple[subprocess.Popen, dict[int, int]]:
+    """``splitnet train`` in its own session, once its workers train; their pids by rank."""
     from tests.training import FAST
 
     cmd = [sys.executable, "-m", "splitnet", "train", *FAST, "data.train_batches=100000", "train.epochs=1",
-           f"hydra.run.dir={tmp_path}"]
+           f"hydra.run.dir={run_dir}"]
     # a terminal's Ctrl-C signals the whole foreground process group: give the job its own
     job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     seen = ""
@@ -115,8 +113,33 @@ def test_ctrl_c_stops_the_job_and_every_worker(tmp_path):
         seen += char
     workers = _workers(job.pid)
     assert len(workers) == 2
+    ranks = {int(Path(f"/proc/{pid}/comm").read_text().strip().removeprefix("splitnet-rank")): pid
+             for pid in workers}
+    return job, ranks
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_the_job_and_every_worker(tmp_path):
+    job, ranks = _training_job(tmp_path)
     os.killpg(job.pid, signal.SIGINT)
     _, err = job.communicate(timeout=60)
     assert job.returncode == 130, err[-3000:]
     assert "interrupted" in err
-    assert all(_gone(pid) for pid in workers)
+    assert "resource_tracker" not in err and "leaked" not in err
+    assert all(_gone(pid) for pid in ranks.values())
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_worker_is_named_with_its_signal_log_and_run_folder(tmp_path):
+    job, ranks = _training_job(tmp_path)
+    assert sorted(ranks) == [0, 1]
+    os.kill(ranks[1], signal.SIGKILL)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 2, err[-3000:]
+    report = err[err.index("splitnet train: error:"):].splitlines()
+    assert report[0] == "splitnet train: error: rank 1 was killed by signal 9 (SIGKILL)"
+    assert report[1] == f"last lines of {tmp_path / 'logs' / 'rank1.log'}:"
+    assert "rank 1 of 2: replica 0, device 1" in report[2]  # its log, not rank 0's
+    assert report[-1] == f"run folder: {tmp_path}"
+    assert "resource_tracker" not in err and "leaked" not in err  # no semaphore left to any rank
+    assert _gone(ranks[0])

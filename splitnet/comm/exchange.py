@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.autograd.profiler import record_function
 
 from splitnet.comm.transport import Transport
 
@@ -68,7 +69,9 @@ class _AllReduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, link: Link) -> torch.Tensor:
         t = link.transport
-        return t.all_reduce(x.clone(), t.group(link.ranks), len(link.ranks), link.layer, "fwd")
+        with record_function(f"splitnet.exchange:{link.layer}"):  # the sum's buffer is an exchange buffer
+            summed = x.clone()
+        return t.all_reduce(summed, t.group(link.ranks), len(link.ranks), link.layer, "fwd")
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -124,3 +127,15 @@ def share_metrics(values: torch.Tensor, transport: Transport, src: int) -> torch
     if transport.mp_rank != src:
         shared.zero_()
     return transport.all_reduce(shared, transport.group(tuple(range(devices))), devices, "eval", "fwd").cpu()
+
+
+def combine_metrics(values: torch.Tensor, transport: Transport, src: int) -> torch.Tensor:
+    """Evaluation counts summed over the replicas, on every rank: each replica scored its
+    own share of the validation set. ``share_metrics`` within each model-parallel group,
+    then an all-reduce over the data-parallel group; metered as layer "eval"."""
+    shared = share_metrics(values, transport, src)
+    replicas = transport.mesh.replicas
+    if replicas == 1:
+        return shared
+    total = shared.to(transport.device, copy=True)
+    return transport.all_reduce(total, transport.replica_group, replicas, "eval", "fwd").cpu()

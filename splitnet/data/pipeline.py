@@ -1,24 +1,27 @@
 """Reading shards for training and evaluation: ``build_loader``.
 
 One replica's pipeline, in order: the epoch's shard order (seeded by (seed, epoch), the
-same on every replica) -> this replica's shards -> per DataLoader worker a subset ->
-``wds.WebDataset`` reads and groups tar members -> a seeded shuffle buffer of raw bytes
--> decode the image and class keys only (PIL; never pickle or any decoder that runs
-code) -> augmentation with a generator per sample -> full batches.
+same on every replica) -> this replica's shards -> ``wds.WebDataset`` reads and groups
+tar members -> a seeded shuffle buffer of raw bytes (train) -> the replica's sample
+sequence, cut into batches by position -> per DataLoader worker every W-th batch ->
+decode the image and class keys only (PIL; never pickle or any decoder that runs code)
+-> augmentation with a generator per sample position -> batches.
 
-Every random choice is a function of (seed, epoch, replica, worker stream, sample
-index), never of the rank, so the ranks of a model-parallel group yield identical
-batches; per-sample generators also let a resumed epoch skip batches without decoding.
+Every random choice is a function of (seed, epoch, replica, sample position), never of
+the rank or the number of workers, so the ranks of a model-parallel group yield
+identical batches and ``data.workers`` does not change a run; per-position generators
+also let a resumed epoch skip batches without decoding them.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import multiprocessing as mp
 import random
 from collections.abc import Iterable, Iterator
 from functools import partial
-from itertools import count, islice
+from itertools import count, cycle, islice
 from typing import Any
 
 import numpy as np
@@ -29,7 +32,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from splitnet.data.augment import Augmenter
 from splitnet.data.config import DataConfig
-from splitnet.data.distribute import batches_per_epoch, epoch_order, replica_shards, role_batches, role_of
+from splitnet.data.distribute import (
+    batches_per_epoch,
+    epoch_order,
+    eval_batches,
+    replica_shards,
+    role_batches,
+    role_of,
+)
 from splitnet.data.errors import BadSampleError, DataError
 from splitnet.data.info import SPLITS, data_info
 from splitnet.data.shardset import resolve
@@ -40,6 +50,10 @@ from splitnet.seeding import stream_seed
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("png", "jpg", "jpeg")
+# DataLoader workers are forked, as under torchrun, whatever started this process: a worker
+# then costs no fresh torch import, and fork's semaphores are unlinked at once instead of
+# being registered with the resource tracker, so a rank that is killed leaks none.
+WORKER_START = "fork" if "fork" in mp.get_all_start_methods() else None
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
@@ -85,9 +99,17 @@ def decode(sample: dict[str, Any], num_classes: int) -> tuple[np.ndarray, int]:
 class ReplicaStream(IterableDataset):
     """One replica's batches for one epoch; in a DataLoader each worker serves one stream.
 
-    Stream ``role`` (of ``roles``) reads every roles-th shard of the replica and yields
-    the epoch's batches role, role + roles, ...; it wraps around its shards when they run
-    out, so every stream yields its full share. Items are (images, labels, role, skipped).
+    The replica's samples form one sequence: its shards in epoch order, pass after pass
+    (train: each pass through a shuffle buffer seeded by (seed, epoch, replica, pass)),
+    and batch k is positions k*B .. k*B+B-1 of it. Stream ``role`` (of ``roles``) reads
+    the whole sequence and decodes only batches role, role + roles, ...: the batches are
+    a function of (seed, epoch, replica) alone, never of the number of workers.
+
+    Train: a sample that cannot be decoded is replaced by a good sample of its own batch
+    (with the augmentation of its position), so every batch is full and no later batch
+    moves: a resumed epoch gets the same batches whatever was skipped before them.
+    Val (``exact``): one pass, no replacement; the last batch may be partial, so every
+    readable sample is scored exactly once. Items are (images, labels, role, skipped).
     """
 
     def __init__(self, shards: list[str], counts: dict[str, int], *, split: str,
@@ -127,9 +149,9 @@ class ReplicaStream(IterableDataset):
         except DataError as exn:
             yield exn
 
-    def raw(self, shards: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(shard, raw sample) for every sample of ``shards``, in order."""
-        for shard in shards:
+    def raw(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(shard, raw sample) for every sample of the replica's shards, in order."""
+        for shard in self.shards:
             # One WebDataset per shard, so a tar-level error names its shard.
             dataset = wds.WebDataset(
                 [shard], shardshuffle=False, nodesplitter=None, workersplitter=None,
@@ -139,23 +161,26 @@ class ReplicaStream(IterableDataset):
                 if in_subset(str(sample.get("__key__")), *self.subset):
                     yield shard, sample
 
-    def passes(self, shards: list[str], role: int) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Pass after pass over ``shards``, forever; each pass shuffled on its own (train).
+    def sequence(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The replica's sample sequence: one pass (val), or pass after pass (train).
 
-        The buffer drains at the end of a pass, so a stream yields every sample of its
-        shards once before it yields any sample twice.
+        The shuffle buffer drains at the end of a pass, so the sequence holds every
+        sample of the replica once before it holds any twice.
         """
+        if not self.train:
+            yield from self.raw()
+            return
         for n in count():
-            samples: Iterable[tuple[str, dict[str, Any]]] = self.raw(shards)
-            if self.train and self.shuffle_buffer > 1:
-                rng = random.Random(stream_seed(*self.key, role, "shuffle", n))
+            samples: Iterable[tuple[str, dict[str, Any]]] = self.raw()
+            if self.shuffle_buffer > 1:
+                rng = random.Random(stream_seed(*self.key, "shuffle", n))
                 samples = shuffled(samples, self.shuffle_buffer, rng)
             seen = 0
             for item in samples:
                 seen += 1
                 yield item
             if seen == 0:
-                raise DataError(f"no readable sample in any of the shards {shards}")
+                raise DataError(f"no readable sample in any of the shards {self.shards}")
 
     def shard_error(self, shard: str, exn: Exception) -> bool:
         """webdataset's handler for unreadable tar files: skip the rest of the shard, or raise."""
@@ -174,41 +199,55 @@ class ReplicaStream(IterableDataset):
 
     def role_stream(self, role: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int]]:
         skip, todo = role_batches(role, self.roles, self.n_batches, self.start)
-        if todo == 0:
-            return
-        shards = self.shards[role :: self.roles]
-        # Skipping happens on raw bytes: a resumed epoch pays for reading, not decoding.
-        index = skip * self.batch_size
-        samples = islice(self.passes(shards, role), index, None)
-        # A whole pass without one good sample would otherwise loop forever.
-        bad_limit = sum(self.counts[s] for s in shards)
-        bad_run = 0
+        samples = self.sequence()
+        position = 0
+        # Skipping happens on raw bytes: other streams' batches and a resumed epoch's
+        # first batches cost reading, not decoding.
+        for k in range(role + skip * self.roles, role + (skip + todo) * self.roles, self.roles):
+            first = k * self.batch_size
+            next(islice(samples, first - position, first - position), None)
+            raw = list(islice(samples, self.batch_size))
+            position = first + len(raw)
+            if not raw:  # val: the sequence ended (an unreadable tar held fewer samples)
+                return
+            batch = self.batch(k, raw)
+            if batch is not None:
+                yield (*batch, role, self.skipped)
+
+    def batch(self, k: int, raw: list[tuple[str, dict[str, Any]]]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Batch ``k`` from its raw samples (positions k*B ...), decoded and augmented; None
+        for a val batch without one readable sample."""
+        decoded: list[tuple[np.ndarray, int] | None] = []
+        for shard, sample in raw:
+            try:
+                decoded.append(decode(sample, self.num_classes))
+            except Malformed as exn:
+                self.bad(shard, f"sample {sample.get('__key__')!r}", str(exn))
+                decoded.append(None)
+        good = [d for d in decoded if d is not None]
+        if not good:
+            if not self.train:
+                return None
+            raise DataError(
+                f"batch {k} of epoch {self.key[1]}: none of its {len(raw)} samples can be decoded "
+                f"(shards {sorted({shard for shard, _ in raw})}); rewrite or remove those shards"
+            )
+        if self.train:  # the j-th bad slot takes the j-th good sample, wrapping around
+            spares = cycle(good)
+            decoded = [d if d is not None else next(spares) for d in decoded]
         crops: list[np.ndarray] = []
         offsets: list[np.ndarray] = []
         labels: list[int] = []
-        for shard, sample in samples:
-            rng = np.random.default_rng(stream_seed(*self.key, role, "augment", index))
-            index += 1
-            try:
-                image, label = decode(sample, self.num_classes)
-            except Malformed as exn:
-                self.bad(shard, f"sample {sample.get('__key__')!r}", str(exn))
-                bad_run += 1
-                if bad_run > bad_limit:
-                    raise DataError(f"no decodable sample in a whole pass over {shards}") from exn
+        first = k * self.batch_size
+        for i, item in enumerate(decoded):
+            if item is None:
                 continue
-            bad_run = 0
-            crop, offset = self.augmenter.sample(image, rng)
+            rng = np.random.default_rng(stream_seed(*self.key, "augment", first + i))
+            crop, offset = self.augmenter.sample(item[0], rng)
             crops.append(crop)
             offsets.append(offset)
-            labels.append(label)
-            if len(labels) == self.batch_size:
-                images = self.augmenter.batch(crops, offsets)
-                yield images, torch.tensor(labels, dtype=torch.int64), role, self.skipped
-                crops, offsets, labels = [], [], []
-                todo -= 1
-                if todo == 0:
-                    return
+            labels.append(item[1])
+        return self.augmenter.batch(crops, offsets), torch.tensor(labels, dtype=torch.int64)
 
 
 class ShardLoader:
@@ -228,7 +267,7 @@ class ShardLoader:
         self.stats = {"skipped": 0, "batches": 0}
         self.stream.skipped = 0
         source: Iterable[Any] = (
-            DataLoader(self.stream, batch_size=None, num_workers=self.workers)
+            DataLoader(self.stream, batch_size=None, num_workers=self.workers, multiprocessing_context=WORKER_START)
             if self.workers
             else self.stream
         )
@@ -248,6 +287,11 @@ class ShardLoader:
             raise failure
 
 
+def check_skip(skip_batches: int, n_batches: int) -> None:
+    if not 0 <= skip_batches <= n_batches:
+        raise DataError(f"skip_batches={skip_batches} is outside 0..{n_batches} (one epoch)")
+
+
 def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_size: int,
                  channels: int, batch_size: int, replica: int, num_replicas: int, epoch: int,
                  seed: int, crops: int = 1, cache_dir: str | None = None,
@@ -255,8 +299,11 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
     """One replica's batches of ``split`` for ``epoch``; identical on every rank of the replica.
 
     Images are float32 [B, C, S, S] ([B, 10, C, S, S] when ``crops=10``, val only),
-    labels int64 [B]. Every replica yields the same ``len(loader)`` full batches.
-    ``skip_batches`` starts the epoch at that batch (resume) with the same batches after it.
+    labels int64 [B]. Train: every replica yields the same ``len(loader)`` full batches,
+    and ``skip_batches`` starts the epoch at that batch (resume) with the same batches
+    after it. Val: the replicas' shards are disjoint and together the whole split; each
+    replica scores each of its samples once, in batches of ``batch_size`` and a last
+    partial one (a replica beyond the shard count gets none).
     """
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_dict(data_cfg)
     if split not in SPLITS:
@@ -268,15 +315,11 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
         if value < 1:
             raise DataError(f"{name} must be >= 1, got {value}")
     info = data_info(cfg, cache_dir=cache_dir)
-    n_batches = info.batches_per_epoch(split, batch_size, num_replicas)
-    subset = (cfg.fraction, cfg.subset_seed) if split == "train" and not info.synthetic else (1.0, 0)
-    if subset[0] < 1.0:
-        n_batches = batches_per_epoch(subset_size(info.counts[split], subset[0]), batch_size, num_replicas)
-    if not 0 <= skip_batches <= n_batches:
-        raise DataError(f"skip_batches={skip_batches} is outside 0..{n_batches} (one epoch)")
     if not 0 <= replica < num_replicas:
         raise DataError(f"replica {replica} is not in 0..{num_replicas - 1}")
     if info.synthetic:
+        n_batches = info.batches_per_epoch(split, batch_size, num_replicas)
+        check_skip(skip_batches, n_batches)
         return SyntheticLoader(
             n_batches=n_batches, start=skip_batches, batch_size=batch_size, channels=channels,
             image_size=image_size, num_classes=info.num_classes, crops=crops, seed=seed,
@@ -286,15 +329,23 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
         raise DataError(f"data.side={cfg.side} is smaller than the {image_size}x{image_size} crop")
     if channels != 3:
         raise DataError(f"data {info.name!r} holds RGB images; the model takes {channels} channels")
+    train = split == "train"
     shard_set = resolve(info.patterns[split], split)
-    ordered = epoch_order(shard_set.paths, seed=seed, epoch=epoch, shuffle=split == "train")
-    mine = replica_shards(ordered, replica, num_replicas)
+    ordered = epoch_order(shard_set.paths, seed=seed, epoch=epoch, shuffle=train)
+    mine = replica_shards(ordered, replica, num_replicas, allow_empty=not train)
+    subset = (cfg.fraction, cfg.subset_seed) if train else (1.0, 0)
+    if train:
+        n_batches = batches_per_epoch(subset_size(info.counts[split], cfg.fraction), batch_size, num_replicas)
+    else:
+        n_batches = eval_batches(sum(shard_set.counts[s] for s in mine), batch_size)
+    check_skip(skip_batches, n_batches)
     augmenter = Augmenter(
-        image_size, train=split == "train" and cfg.augment, crops=crops, flip=cfg.flip, pca_std=cfg.pca_std,
+        image_size, train=train and cfg.augment, crops=crops, flip=cfg.flip, pca_std=cfg.pca_std,
         side=cfg.side, mean=info.mean, std=info.std if cfg.normalize == "mean_std" else None,
         eigval=info.eigval, eigvec=info.eigvec,
     )
-    workers = min(cfg.workers, len(mine))
+    # Every worker reads the replica's whole sequence, so more workers than batches is waste.
+    workers = min(cfg.workers, n_batches - skip_batches)
     stream = ReplicaStream(
         mine, shard_set.counts, split=split, augmenter=augmenter, num_classes=info.num_classes,
         batch_size=batch_size, n_batches=n_batches, start=skip_batches, roles=max(1, workers),

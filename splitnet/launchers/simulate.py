@@ -2,8 +2,9 @@
 
 Each process joins a gloo process group on 127.0.0.1 (a free port), gets
 max(1, cores // N) intra-op threads, and calls the worker function. The first worker
-to fail stops all the others, and its exception and traceback are raised here
-(``WorkerFailed``) with its rank; Ctrl-C or the parent's death leaves no orphans.
+to fail stops all the others, and its exception and traceback, or the signal that
+killed it, are raised here (``WorkerFailed``) with its rank; Ctrl-C or the parent's
+death leaves no orphans. Each process is named ``splitnet-rank<r>`` (ps, top).
 """
 
 from __future__ import annotations
@@ -31,9 +32,21 @@ Job = Callable[[int, int, dict[str, Any]], Any]
 
 
 class WorkerFailed(SplitnetError, RuntimeError):
-    def __init__(self, rank: int, detail: str) -> None:
-        super().__init__(f"rank {rank} failed:\n{detail}")
-        self.rank = rank
+    """The job's root cause: a rank's exception and traceback, or the signal that killed it."""
+
+    def __init__(self, rank: int, detail: str, *, signal_number: int | None = None) -> None:
+        if signal_number is None:
+            headline = f"rank {rank} failed:"
+        else:
+            name = signal.Signals(signal_number).name if signal_number in signal.valid_signals() else "?"
+            headline = f"rank {rank} was killed by signal {signal_number} ({name})"
+        super().__init__("\n".join(filter(None, [headline, detail])))
+        self.rank, self.detail, self.signal_number = rank, detail, signal_number
+
+    def with_context(self, context: str) -> WorkerFailed:
+        """The same failure, its message followed by ``context`` (the rank's log, the run folder)."""
+        return WorkerFailed(self.rank, "\n".join(filter(None, [self.detail, context])),
+                            signal_number=self.signal_number)
 
 
 def free_port() -> int:
@@ -64,17 +77,20 @@ def loopback_store(port: int, rank: int, world: int, timeout_s: float) -> Any:
     return dist.TCPStore("127.0.0.1", port, world, True, timeout, master_listen_fd=listener.fileno())
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(rank: int) -> None:
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            libc = ctypes.CDLL("libc.so.6")
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            # PR_SET_NAME: ps, top and /proc/PID/comm show which rank a process is (15 bytes at most)
+            libc.prctl(15, f"splitnet-rank{rank}".encode()[:15])
         except OSError:
             pass
 
 
 def _entry(job: Job, rank: int, world: int, cfg: dict[str, Any], port: int, threads: int,
            timeout_s: float, out: str) -> None:
-    _die_with_parent()
+    _die_with_parent(rank)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
                        "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")})
@@ -96,10 +112,14 @@ def _entry(job: Job, rank: int, world: int, cfg: dict[str, Any], port: int, thre
         os._exit(1)
 
 
-def _failure(out: Path, rank: int, exitcode: int) -> WorkerFailed:
+def _failure(out: Path, procs: list[Any], rank: int, exitcode: int) -> WorkerFailed:
     """The root cause, not its echo: once a rank dies its peers fail too ("connection closed
-    by peer"), and a busy parent may notice one of them first. The first rank to report wins;
-    a rank that died without a report (a signal, the OOM killer) is its own cause."""
+    by peer"), and a busy parent may notice one of them first. A rank killed by a signal
+    before it could report (SIGKILL, the OOM killer) is the cause; else the first rank to
+    report wins."""
+    for r, proc in enumerate(procs):
+        if proc.exitcode is not None and proc.exitcode < 0 and not (out / f"rank{r}.err").exists():
+            return WorkerFailed(r, "", signal_number=-proc.exitcode)
     if (out / f"rank{rank}.err").exists() and (out / "first.err").is_symlink():
         rank = int(os.readlink(out / "first.err").removeprefix("rank").removesuffix(".err"))
     err = out / f"rank{rank}.err"
@@ -125,7 +145,7 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any], *, threads: int | Non
                     rank, proc = running.pop(sentinel)
                     proc.join()
                     if proc.exitcode != 0:
-                        raise _failure(Path(out), rank, proc.exitcode)
+                        raise _failure(Path(out), procs, rank, proc.exitcode)
         finally:
             started = [p for p in procs if p.pid is not None]  # a start that failed must not mask its error
             for p in started:

@@ -1,6 +1,7 @@
 """Scoring a model on the validation split: the split model during training, or the
 merged single-device model from a checkpoint (``splitnet evaluate``); both count the
-same way, so their accuracies can be compared exactly."""
+same way, every held-out image exactly once, so their results can be compared exactly:
+the same number of images, and the loss within float32 round-off."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from splitnet.errors import SplitnetError
+from splitnet.spec import ModelSpec
 
 
 def score(forward: Callable[[torch.Tensor], torch.Tensor | None],
@@ -37,6 +39,13 @@ def score(forward: Callable[[torch.Tensor], torch.Tensor | None],
     return counts
 
 
+def pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x`` with zero rows appended up to a multiple of ``multiple`` rows; the caller drops
+    their outputs (evaluation is per sample: no layer mixes the rows of a batch)."""
+    missing = -x.shape[0] % multiple
+    return torch.cat([x, x.new_zeros((missing, *x.shape[1:]))]) if missing else x
+
+
 def summarize(counts: torch.Tensor) -> dict[str, Any]:
     n = max(float(counts[2]), 1.0)
     return {"top1": float(counts[0]) / n, "top5": float(counts[1]) / n, "val_loss": float(counts[3]) / n,
@@ -57,7 +66,6 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
 
 def evaluate_checkpoint(ckpt: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's model merged onto one device (the reference), scored on cfg's data."""
-    from splitnet.data import build_loader
     from splitnet.reference import build_reference
     from splitnet.spec import load_spec
     from splitnet.train.checkpoint import find_checkpoint, merged_state, read_meta
@@ -69,9 +77,16 @@ def evaluate_checkpoint(ckpt: str | Path, cfg: dict[str, Any]) -> dict[str, Any]
         model.load_state_dict(merged_state(path))
     except RuntimeError as exc:
         raise SplitnetError(f"checkpoint {path} does not fit model {spec.name!r}: {exc}") from exc
+    return {"checkpoint": str(path), "model": spec.name, **evaluate_reference(model, spec, cfg)}
+
+
+def evaluate_reference(model: torch.nn.Module, spec: ModelSpec, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The whole model on one device, scored on every image of cfg's validation split."""
+    from splitnet.data import build_loader
+
     model.eval()
     crops = cfg["eval"]["crops"]
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
                           batch_size=cfg["eval"]["batch_size"], replica=0, num_replicas=1, epoch=0,
                           seed=cfg["seed"], crops=crops)
-    return {"checkpoint": str(path), "model": spec.name, **summarize(score(model, loader, crops))}
+    return summarize(score(model, loader, crops))

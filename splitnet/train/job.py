@@ -1,9 +1,12 @@
 """``splitnet train``: plan once, prepare the data, start the workers, report.
 
-The parent never trains: it partitions the model (errors surface before any process
-starts), builds the embedded dataset's cache once (so N workers do not race to), writes
+The parent never trains: it checks everything that can be checked before launching
+(``preflight``: bad input fails here, in one line, before any process starts), builds
+the embedded dataset's cache once (so N workers do not race to), writes
 the plan (JSON, table, picture) into the run folder, hands ``train_worker`` to the
-launcher, and draws the curves when the workers are done.
+launcher, and draws the curves when the workers are done. Under torchrun every rank is
+its own parent: each plans (the same plan), rank 0 writes the plan files, and only the
+reporting rank prints and draws.
 """
 
 from __future__ import annotations
@@ -13,14 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from splitnet.errors import SplitnetError
-from splitnet.partition import Mesh, make_plan
-from splitnet.spec import load_spec
+from splitnet.partition import Mesh
+from splitnet.train.preflight import preflight
 
 
-def require_float32(cfg: dict[str, Any]) -> None:
-    if cfg.get("dtype_bytes", 4) != 4:
-        raise SplitnetError(f"dtype_bytes={cfg.get('dtype_bytes')!r}: the runtime computes in float32 "
-                            "(dtype_bytes=4); other sizes are for `splitnet plan` estimates only")
+def launcher_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as the chosen launcher runs it (torchrun derives ``mesh.replicas`` from its
+    world size and checks it; the others change nothing)."""
+    if cfg["launcher"].get("name") == "torchrun":
+        from splitnet.launchers.torchrun import adapt_config
+
+        return adapt_config(cfg)
+    return cfg
+
+
+def own_ranks(cfg: dict[str, Any], world_size: int) -> list[int]:
+    """The global ranks whose results this process gets back: all of them, except under
+    torchrun, where every rank is its own process and does its own reporting."""
+    if cfg["launcher"].get("name") == "torchrun":
+        from splitnet.launchers.torchrun import this_rank
+
+        return [this_rank()]
+    return list(range(world_size))
 
 
 def launch_workers(cfg: dict[str, Any], job: Any, world_size: int) -> list[Any]:
@@ -31,70 +48,50 @@ def launch_workers(cfg: dict[str, Any], job: Any, world_size: int) -> list[Any]:
 
         return launch(job, world_size, cfg, threads=launcher.get("threads"),
                       timeout_s=cfg["comm"]["timeout_s"] + 60)
-    raise SplitnetError(f"launcher={name!r} is not available here; valid: simulate")
+    if name == "torchrun":
+        from splitnet.launchers.torchrun import launch as torchrun_launch
+
+        return torchrun_launch(job, world_size, cfg)
+    if name == "ray":
+        from splitnet.launchers.ray import launch as ray_launch
+
+        return ray_launch(job, world_size, cfg)
+    raise SplitnetError(f"launcher={name!r} is not available; valid: simulate, torchrun, ray")
 
 
 def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    from splitnet.data import data_info
+    from splitnet.launchers.simulate import WorkerFailed
     from splitnet.report import plan_table
     from splitnet.train.curves import draw_curves
-    from splitnet.train.loop import train_worker
+    from splitnet.train.loop import log_tail, train_worker
 
-    spec = load_spec(cfg["model"])
-    require_float32(cfg)
-    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], 4)
-    eval_rows = cfg["eval"]["batch_size"] * cfg["eval"]["crops"]
-    if plan.strategy == "hybrid" and eval_rows % plan.devices:
-        raise SplitnetError(f"hybrid: eval.batch_size x eval.crops = {eval_rows} must be divisible by "
-                            f"mesh.devices={plan.devices}: each device evaluates an equal part of a batch")
-    if cfg["eval"]["crops"] not in (1, 10):
-        raise SplitnetError(f"eval.crops={cfg['eval']['crops']!r}; valid: 1 (centre) or 10")
-    info = data_info(cfg["data"])
-    if info.num_classes != spec.num_classes:
-        raise SplitnetError(f"data {info.name!r} has {info.num_classes} classes but model {spec.name!r} "
-                            f"ends in {spec.num_classes} outputs; change the last layer's out or the data")
-    resume = cfg["train"].get("resume")
-    if resume:  # refuse an unusable checkpoint before any process starts
-        from splitnet.train.checkpoint import (
-            CheckpointError,
-            complete_checkpoints,
-            find_checkpoint,
-            model_difference,
-            read_meta,
-        )
-
-        done = complete_checkpoints(run_dir / "checkpoints") if resume == "auto" else [find_checkpoint(resume)]
-        if done:
-            meta = read_meta(done[-1])
-            diff = model_difference(meta["config"]["model"], cfg["model"])
-            if diff is not None:
-                raise CheckpointError(f"checkpoint {done[-1]} is for a different model: {diff}")
-            if meta["batch_in_epoch"]:  # mid-epoch: the data position counts this data's batches
-                was = meta["config"]
-                now = {"batch_size": cfg["batch_size"], "mesh.replicas": plan.replicas, "seed": cfg["seed"],
-                       "data": cfg["data"]}
-                then = {"batch_size": was["batch_size"], "mesh.replicas": was["mesh"]["replicas"],
-                        "seed": was["seed"], "data": was["data"]}
-                changed = [k for k in now if now[k] != then[k]]
-                if changed:
-                    raise CheckpointError(
-                        f"checkpoint {done[-1]} stopped inside an epoch (after batch {meta['batch_in_epoch']}); "
-                        f"resuming there needs the same {', '.join(changed)} as before ({then}); resume from "
-                        "an epoch-end checkpoint to change them")
+    cfg = launcher_config(cfg)
+    checked = preflight(cfg, run_dir)
+    spec, plan, info = checked.spec, checked.plan, checked.info
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plan.json").write_text(plan.to_json())
-    (run_dir / "plan.txt").write_text(plan_table(plan) + "\n")
-    try:
-        from splitnet.partition.picture import draw_plan
+    here = own_ranks(cfg, plan.devices * plan.replicas)
+    if 0 in here:
+        (run_dir / "plan.json").write_text(plan.to_json())
+        (run_dir / "plan.txt").write_text(plan_table(plan) + "\n")
+        try:
+            from splitnet.partition.picture import draw_plan
 
-        draw_plan(spec, plan, run_dir / "plan.png")
-    except ImportError:
-        pass
-    print(f"splitnet train: {spec.name} ({spec.total_params:,} parameters), {plan.rationale}", file=sys.stderr)
-    print(f"splitnet train: data {info.name} ({info.num_classes} classes), run folder {run_dir}", file=sys.stderr)
+            draw_plan(spec, plan, run_dir / "plan.png")
+        except ImportError:
+            pass
+    reporting = Mesh(plan.devices, plan.replicas).rank(0, plan.output_rank) in here
+    if reporting:
+        print(f"splitnet train: {spec.name} ({spec.total_params:,} parameters), {plan.rationale}",
+              file=sys.stderr)
+        print(f"splitnet train: data {info.name} ({info.num_classes} classes), run folder {run_dir}",
+              file=sys.stderr)
     job_cfg = {**cfg, "plan": plan.to_dict(), "run_dir": str(run_dir)}
-    results = launch_workers(job_cfg, train_worker, plan.devices * plan.replicas)
-    final = next(r["final"] for r in results if r["reporter"])
-    if (run_dir / "metrics.jsonl").exists():
+    try:
+        results = launch_workers(job_cfg, train_worker, plan.devices * plan.replicas)
+    except WorkerFailed as failed:
+        print(file=sys.stderr)  # end the progress bar's line the failed job left open
+        raise failed.with_context(log_tail(run_dir, failed.rank)) from None
+    final = next((r["final"] for r in results if r["reporter"]), None)
+    if reporting and (run_dir / "metrics.jsonl").exists():
         draw_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     return {"final": final, "results": results, "run_dir": str(run_dir), "plan": plan}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 
 from splitnet.comm import Transport
-from splitnet.comm.exchange import share_metrics
+from splitnet.comm.exchange import combine_metrics
 from splitnet.data import build_loader
 from splitnet.errors import SplitnetError
 from splitnet.partition.plan import Plan
@@ -26,7 +28,7 @@ from splitnet.runtime import ShardNet, build_shard, forward_backward
 from splitnet.runtime.schedule import pipeline_forward
 from splitnet.spec import ModelSpec, load_spec
 from splitnet.train import checkpoint
-from splitnet.train.evaluate import score, summarize
+from splitnet.train.evaluate import pad_rows, score, summarize
 from splitnet.train.schedule import LrSchedule
 
 
@@ -43,6 +45,15 @@ def _logger(run_dir: Path, rank: int, console: bool) -> logging.Logger:
         stream.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(stream)
     return log
+
+
+def log_tail(run_dir: Path, rank: int, lines: int = 10) -> str:
+    """The end of a rank's log and where the run lives, for the report of a failed job."""
+    path = run_dir / "logs" / f"rank{rank}.log"
+    if not path.exists():
+        return f"rank {rank} wrote no log ({path})\nrun folder: {run_dir}"
+    last = path.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join([f"last lines of {path}:", *(f"  {line}" for line in last), f"run folder: {run_dir}"])
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -62,23 +73,33 @@ def forward_only(shard: ShardNet, x: torch.Tensor, transport: Transport) -> torc
 
 def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan, cfg: dict[str, Any],
              crops: int) -> dict[str, Any]:
-    """Top-1/top-5 and loss on the whole validation split (every replica computes the same)."""
+    """Top-1/top-5 and loss over the whole validation split, the same on every rank: each
+    replica scores its own shards' images once (a last partial batch included), and the
+    counts are summed over the replicas through comm/."""
     shard.eval()
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
-                          batch_size=cfg["eval"]["batch_size"], replica=0, num_replicas=1, epoch=0,
-                          seed=cfg["seed"], crops=crops)
+                          batch_size=cfg["eval"]["batch_size"], replica=transport.replica,
+                          num_replicas=plan.replicas, epoch=0, seed=cfg["seed"], crops=crops)
+
     def logits(x: torch.Tensor) -> torch.Tensor | None:
+        rows = x.shape[0]
+        if shard.batch_split:  # hybrid devices take equal parts of a batch: pad a partial one
+            x = pad_rows(x, plan.devices)
         out = forward_only(shard, x.to(transport.device), transport)
-        return None if out is None else out.cpu()
+        return None if out is None else out[:rows].cpu()
 
     counts = score(logits, loader, crops)
     shard.train()
-    return summarize(share_metrics(counts, transport, plan.output_rank))
+    return summarize(combine_metrics(counts, transport, plan.output_rank))
 
 
 def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
+    # tqdm's default lock is a named semaphore registered with multiprocessing's resource
+    # tracker; a rank that is killed never unregisters it, and the tracker then warns of a
+    # leak at exit. One process draws at most one bar: a thread lock is all it needs.
+    tqdm.set_lock(threading.RLock())
     run_dir = Path(cfg["run_dir"])
     spec = load_spec(cfg["model"])
     plan = Plan.from_dict(cfg["plan"])
@@ -141,6 +162,7 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
 
     final: dict[str, Any] = {}
     stop = False
+    evaluating = cfg["eval"].get("enabled", True)
     for epoch in range(first_epoch, tcfg["epochs"]):
         loader = build_loader(cfg["data"], split="train", image_size=spec.input_size,
                               channels=spec.input_channels, batch_size=plan.batch_size,
@@ -183,24 +205,26 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         bar.close()
         complete = taken == total
         skip = 0
-        val = evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"])
-        cut = complete and schedule.end_epoch(epoch, 1.0 - val["top1"])
+        val = evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"]) if evaluating else {}
+        # without validation only step and constant schedules run (preflight), and they ignore the error
+        cut = complete and schedule.end_epoch(epoch, 1.0 - val["top1"] if val else math.nan)
         final = {"kind": "epoch", "epoch": epoch, "step": step, **val, "lr": schedule.lr(step), "lr_cut": cut}
         if reporter:
             _append(metrics_path, final)
-            if board is not None:
+            if board is not None and val:
                 for key in ("top1", "top5", "val_loss"):
                     board.add_scalar(f"val/{key}", val[key], step)
                 board.flush()
-        log.info(f"epoch {epoch + 1}: top-1 {val['top1']:.2%}, top-5 {val['top5']:.2%}, "
-                 f"val loss {val['val_loss']:.4f}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
+        scores = (f"top-1 {val['top1']:.2%}, top-5 {val['top5']:.2%}, val loss {val['val_loss']:.4f}" if val
+                  else "not validated (eval.enabled=false)")
+        log.info(f"epoch {epoch + 1}: {scores}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
         # an epoch cut short by train.max_steps resumes after its last batch taken
         save(*((epoch + 1, 0) if complete else (epoch, taken)))
         if stop:
             break
     if not final:  # nothing left to train (a finished run resumed): report where it stands
         final = {"kind": "epoch", "epoch": first_epoch - 1, "step": step,
-                 **evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"])}
+                 **(evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"]) if evaluating else {})}
     if board is not None:
         board.close()
     return {"rank": rank, "reporter": reporter, "final": final, "step": step,

@@ -1,0 +1,48 @@
+"""The suites by name, and running one (or ``all``) from a resolved config."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from splitnet.errors import SplitnetError
+
+
+def _suites() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    from splitnet.bench.data import run_data
+    from splitnet.bench.throughput import run_throughput
+    from splitnet.bench.traffic import run_bytes
+
+    return {"throughput": run_throughput, "bytes": run_bytes, "data": run_data}
+
+
+NAMES = ("throughput", "bytes", "data", "all")
+
+
+def run_suites(suite: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run ``suite`` (or every one for ``all``); print each result (markdown, or one JSON line with
+    ``format=json``) and write its files into ``out`` when given."""
+    from splitnet.bench.report import markdown, write
+
+    if suite not in NAMES:
+        raise SplitnetError(f"bench: unknown suite {suite!r}; choose one of {', '.join(NAMES)}")
+    table = _suites()
+    results: list[dict[str, Any]] = []
+    for name in (list(table) if suite == "all" else [suite]):
+        if name == "bytes" and results:  # ``all``: the throughput rounds just run already metered every byte
+            from splitnet.bench.traffic import run_bytes
+
+            result = run_bytes(cfg, results[0])
+        else:
+            result = table[name](cfg)
+        results.append(result)
+        if cfg.get("out"):
+            paths = write(result, cfg["out"])
+            print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr, flush=True)
+        if cfg.get("format") == "json":
+            print(json.dumps({k: v for k, v in result.items() if k != "rounds"}), flush=True)
+        else:
+            print(markdown(result), flush=True)
+    return results

@@ -1,0 +1,243 @@
+"""``launcher=ray``: every rank is a Ray actor; each replica's ranks share one node.
+
+Built on Ray core (actors in placement groups), not Ray Train: Ray Train puts all of a
+job's workers in one placement group with one strategy and numbers the ranks itself, so
+it cannot say "the D ranks of each replica together on one node, the replicas wherever
+they fit". One ``STRICT_PACK`` placement group per replica says exactly that (the ranks of
+a replica exchange activations every step; replicas only average gradients), and the
+actor for global rank ``replica * D + device`` takes bundle ``device`` of its replica's
+group. When no node could ever hold D ranks the groups fall back to ``PACK``, with a warning.
+
+What it promises:
+
+- ``launcher.address=null`` starts a local Ray instance on 127.0.0.1 (temp dir
+  ``launcher.temp_dir`` or a fresh one in the system temp) and stops it at the end;
+  ``auto`` or ``HOST:PORT`` / ``ray://HOST:PORT`` joins a running cluster. An address no one
+  answers is one error line within ``launcher.connect_timeout_s``. A driver already
+  connected to Ray (a notebook, a test) keeps its connection.
+- One GPU per rank when ``launcher.use_gpu`` (``auto``: the cluster has GPUs), NCCL, and
+  the rank's tensors on the GPU Ray made visible to it; otherwise CPU ranks of
+  ``launcher.cpus_per_worker`` CPUs (fractions allowed) and gloo.
+- A placement no node can satisfy fails after ``launcher.placement_timeout_s`` naming what
+  was asked and what the cluster has.
+- A failing rank (an exception, its process killed, its node lost) stops every rank. Up to
+  ``launcher.max_failures`` times the job then starts all ranks again, resuming from the
+  run folder's latest complete checkpoint; after that the rank's error is raised.
+- ``placement.json`` in the run folder says where every rank ran (node, IP, process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from splitnet.errors import SplitnetError
+from splitnet.launchers.placement import describe_resources, replica_strategy
+from splitnet.launchers.recovery import resumed
+from splitnet.launchers.simulate import WorkerFailed, loopback_store
+
+Job = Callable[[int, int, dict[str, Any]], Any]
+
+
+class RayLaunchError(SplitnetError, RuntimeError):
+    pass
+
+
+class _RankLost(Exception):
+    def __init__(self, rank: int, detail: str) -> None:
+        super().__init__(detail)
+        self.rank = rank
+        self.detail = detail
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        raise RayLaunchError(f"launcher.address={address!r}: no Ray cluster answers there within "
+                             f"launcher.connect_timeout_s={timeout_s:g}s ({exc}); start one with `ray start "
+                             "--head`, or use launcher.address=null for a local instance") from None
+
+
+def connect(launcher: dict[str, Any]) -> bool:
+    """Connect this driver to Ray; True if this call started or joined (and so must shut down)."""
+    address = launcher.get("address")
+    if address is None and "ray" not in sys.modules:
+        # Ray reads this when imported: its node address becomes 127.0.0.1 and every Ray
+        # process of the local instance listens on loopback only.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address not in (None, "auto"):
+        _check_reachable(str(address), float(launcher["connect_timeout_s"]))
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address is None:
+        temp = launcher.get("temp_dir") or tempfile.mkdtemp(prefix="splitnet-ray-")
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, _temp_dir=str(temp),
+                 num_cpus=launcher.get("num_cpus"), log_to_driver=True)
+        return True
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except ConnectionError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RayLaunchError(f"launcher.address={address!r}: {first}; start a cluster with `ray start --head` "
+                             "or use launcher.address=null for a local instance") from None
+    return True
+
+
+def _use_gpu(launcher: dict[str, Any]) -> bool:
+    import ray
+
+    wanted = launcher.get("use_gpu", "auto")
+    if wanted == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return bool(wanted)
+
+
+def _backend(requested: str, gpu: bool) -> str:
+    if requested == "auto":
+        return "nccl" if gpu else "gloo"
+    if requested == "nccl" and not gpu:
+        raise RayLaunchError("comm.backend=nccl needs GPU ranks; set launcher.use_gpu=true on a cluster "
+                             "with GPUs, or comm.backend=gloo")
+    return requested
+
+
+class Rank:
+    """One rank (a Ray actor): reports where it runs, then joins the process group and runs the job."""
+
+    def where(self) -> dict[str, Any]:
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+                "pid": os.getpid()}
+
+    def free_port(self, host: str) -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+
+    def run(self, job: Job, rank: int, world: int, cfg: dict[str, Any], host: str, port: int,
+            backend: str) -> Any:
+        import torch
+        import torch.distributed as dist
+
+        loopback = host.startswith("127.")
+        os.environ.update({"MASTER_ADDR": host, "MASTER_PORT": str(port), "RANK": str(rank),
+                           "WORLD_SIZE": str(world), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
+        if loopback:  # gloo would otherwise pick the interface of the machine's hostname
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        threads = cfg["launcher"].get("threads") or max(1, int(cfg["launcher"]["cpus_per_worker"]))
+        torch.set_num_threads(int(threads))
+        if backend == "nccl":
+            torch.cuda.set_device(0)  # Ray made exactly this rank's GPU visible
+        timeout_s = cfg["comm"]["timeout_s"]
+        if loopback:
+            store = loopback_store(port, rank, world, timeout_s)
+        else:
+            store = dist.TCPStore(host, port, world, rank == 0, timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_s))
+        try:
+            return job(rank, world, cfg)
+        finally:
+            dist.destroy_process_group()
+
+
+def _placement_error(launcher: dict[str, Any], bundle: dict[str, float], replicas: int, devices: int,
+                     strategy: str, placed: int) -> RayLaunchError:
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    have = "; ".join(f"node {i}: {describe_resources(r)}" for i, r in enumerate(nodes))
+    return RayLaunchError(
+        f"placement: asked for {replicas} replica(s) x {devices} rank(s) of {describe_resources(bundle)} each "
+        f"({strategy}: {'a replica on one node' if strategy == 'STRICT_PACK' else 'packed'}), "
+        f"{placed} of {replicas} placed within launcher.placement_timeout_s={launcher['placement_timeout_s']:g}s; "
+        f"the cluster has {len(nodes)} node(s): {have}; lower launcher.cpus_per_worker or add nodes")
+
+
+def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[Any]:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    launcher = cfg["launcher"]
+    devices = cfg["mesh"]["devices"]
+    replicas = world // devices
+    gpu = _use_gpu(launcher)
+    backend = _backend(cfg["comm"].get("backend", "auto"), gpu)
+    bundle = {"CPU": float(launcher["cpus_per_worker"]), **({"GPU": 1.0} if gpu else {})}
+    strategy = replica_strategy(bundle, devices, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    if strategy != "STRICT_PACK":
+        print(f"splitnet train: warning: no node can hold the {devices} ranks of a replica "
+              f"({describe_resources(bundle)} each); replicas will span nodes", file=sys.stderr)
+    groups = [placement_group([bundle] * devices, strategy=strategy) for _ in range(replicas)]
+    actors: list[Any] = []
+    try:
+        ready, _ = ray.wait([g.ready() for g in groups], num_returns=replicas,
+                            timeout=float(launcher["placement_timeout_s"]))
+        if len(ready) < replicas:
+            raise _placement_error(launcher, bundle, replicas, devices, strategy, len(ready))
+        for rank in range(world):
+            where = PlacementGroupSchedulingStrategy(groups[rank // devices],
+                                                     placement_group_bundle_index=rank % devices)
+            actors.append(ray.remote(Rank).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
+                                            scheduling_strategy=where).remote())
+        places = ray.get([a.where.remote() for a in actors])
+        run_dir = Path(cfg["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "placement.json").write_text(json.dumps(
+            [{"rank": r, "replica": r // devices, "device": r % devices, "attempt": attempt, **p}
+             for r, p in enumerate(places)], indent=1))
+        host = places[0]["node_ip"]
+        port = ray.get(actors[0].free_port.remote(host))
+        refs = {a.run.remote(job, r, world, cfg, host, port, backend): r for r, a in enumerate(actors)}
+        results: list[Any] = [None] * world
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                results[refs[done[0]]] = ray.get(done[0])
+            except ray.exceptions.RayError as exc:
+                raise _RankLost(refs[done[0]], str(exc)) from None
+        return results
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        for group in groups:
+            remove_placement_group(group)
+
+
+def launch(job: Job, world_size: int, cfg: dict[str, Any]) -> list[Any]:
+    """Run ``job(rank, world_size, cfg)`` on Ray actors; return their results by rank."""
+    import ray
+
+    launcher = cfg["launcher"]
+    started = connect(launcher)
+    try:
+        failures = 0
+        while True:
+            try:
+                return _run_once(job, world_size, cfg, failures)
+            except _RankLost as lost:
+                if failures >= int(launcher["max_failures"]):
+                    raise WorkerFailed(lost.rank, lost.detail) from None
+                failures += 1
+                cfg = resumed(cfg)
+                print(f"splitnet train: rank {lost.rank} failed ({lost.detail.strip().splitlines()[0]}); "
+                      f"restarting every rank, resume={cfg['train'].get('resume')!r} (failure {failures} of "
+                      f"launcher.max_failures={launcher['max_failures']})", file=sys.stderr)
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,147 @@
+"""``launcher=torchrun``: this process is one rank that torchrun started.
+
+torchrun runs ``python -m splitnet train launcher=torchrun ...`` once per rank, so every
+rank is its own Hydra app. What this module promises:
+
+- The rank, world size and local rank come from torchrun's environment (``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``); nothing else is read.
+- Every rank of the job agrees on one run folder without talking: ``train.run_dir`` when
+  given, else ``runs/torchrun-<TORCHELASTIC_RUN_ID>``. torchrun keeps the run id across
+  restarts, so a restarted worker group finds the checkpoints of the one before it and
+  resumes from the latest complete one by itself.
+- A world size that disagrees with ``mesh.replicas x mesh.devices`` is one error line
+  before any collective; ``mesh.replicas=null`` is derived from the world size.
+- ``comm.backend=auto`` is NCCL on ``cuda:LOCAL_RANK`` when CUDA is available, gloo
+  otherwise. A model-parallel group that spans nodes is warned about, never refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from splitnet.errors import SplitnetError
+from splitnet.launchers.placement import spanning_replicas
+from splitnet.launchers.recovery import resumed
+
+Job = Callable[[int, int, dict[str, Any]], Any]
+
+_NEEDED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+class TorchrunError(SplitnetError, RuntimeError):
+    pass
+
+
+def torchrun_env(environ: dict[str, str] | None = None) -> dict[str, int]:
+    """rank, world_size, local_rank, local_world_size and restart_count from torchrun's variables."""
+    env = os.environ if environ is None else environ
+    missing = [k for k in _NEEDED if k not in env]
+    if missing:
+        raise TorchrunError(f"launcher=torchrun but {', '.join(missing)} not set: start it as "
+                            "`torchrun --nproc-per-node=N -m splitnet train launcher=torchrun ...`, "
+                            "or use launcher=simulate")
+    out = {k.lower(): int(env[k]) for k in _NEEDED}
+    out["restart_count"] = int(env.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    return out
+
+
+def run_folder_override(args: list[str], environ: dict[str, str] | None = None) -> list[str]:
+    """Hydra overrides that give every rank the same run folder and keep ranks other than 0
+    from writing Hydra's own files into it. Empty outside torchrun."""
+    env = os.environ if environ is None else environ
+    if "TORCHELASTIC_RUN_ID" not in env or any(a.startswith("hydra.run.dir=") for a in args):
+        return []
+    given = [a.split("=", 1)[1] for a in args if a.startswith("train.run_dir=")]
+    run_id = env["TORCHELASTIC_RUN_ID"]
+    if given:
+        folder = given[-1]
+    elif run_id and run_id != "none":
+        folder = f"runs/torchrun-{run_id}"
+    else:
+        raise TorchrunError("launcher=torchrun: torchrun's --rdzv-id is 'none' (its default), so the ranks "
+                            "have no job id to agree on a run folder; pass --rdzv-id=JOB_ID (e.g. "
+                            "$SLURM_JOB_ID) or train.run_dir=DIR (on storage every node reaches)")
+    quiet = [] if env.get("RANK", "0") == "0" else [
+        "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    return [f"hydra.run.dir={folder}", *quiet]
+
+
+def adapt_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config as this rank runs it: ``mesh.replicas`` derived when null, checked against the
+    world size."""
+    env = torchrun_env()
+    mesh = dict(cfg["mesh"])
+    world, devices = env["world_size"], mesh["devices"]
+    if mesh.get("replicas") is None:
+        if not isinstance(devices, int) or devices < 1 or world % devices:
+            raise TorchrunError(f"torchrun started {world} ranks, which mesh.devices={devices!r} does not "
+                                "divide; mesh.replicas=null needs WORLD_SIZE = replicas x devices")
+        mesh["replicas"] = world // devices
+    if mesh["replicas"] * devices != world:
+        raise TorchrunError(f"torchrun started WORLD_SIZE={world} ranks but mesh.replicas x mesh.devices = "
+                            f"{mesh['replicas']} x {devices} = {mesh['replicas'] * devices}; start "
+                            f"{mesh['replicas'] * devices} ranks or set mesh.replicas=null to derive it")
+    return {**cfg, "mesh": mesh}
+
+
+def backend(requested: str, cuda: bool) -> str:
+    if requested == "auto":
+        return "nccl" if cuda else "gloo"
+    if requested == "nccl" and not cuda:
+        raise TorchrunError("comm.backend=nccl but this process sees no CUDA device; use comm.backend=gloo "
+                            "(or auto) on CPU machines")
+    if requested not in ("nccl", "gloo"):
+        raise TorchrunError(f"comm.backend={requested!r}; valid: auto, nccl, gloo")
+    return requested
+
+
+def this_rank() -> int:
+    return torchrun_env()["rank"]
+
+
+def _store(env: dict[str, int], timeout: timedelta) -> Any:
+    """The job's key-value store, seen through a prefix of its own for this restart.
+
+    torchrun's agent may serve the same store across restarts; without the prefix a new
+    attempt reads the killed attempt's keys (its ranks' gloo addresses) and fails to connect.
+    """
+    import torch.distributed as dist
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 serves it
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env["world_size"],
+                          not agent and env["rank"] == 0, timeout)
+    return dist.PrefixStore(f"splitnet/attempt{env['restart_count']}/", store)
+
+
+def launch(job: Job, world_size: int, cfg: dict[str, Any]) -> list[Any]:
+    """Join torchrun's process group as this rank, run the job, return ``[its result]``."""
+    import torch
+    import torch.distributed as dist
+
+    env = torchrun_env()
+    if env["world_size"] != world_size:
+        raise TorchrunError(f"torchrun started WORLD_SIZE={env['world_size']} ranks, the plan needs {world_size}")
+    name = backend(cfg["comm"].get("backend", "auto"), torch.cuda.is_available())
+    if name == "nccl":
+        torch.cuda.set_device(env["local_rank"])
+    if cfg["launcher"].get("threads"):
+        torch.set_num_threads(int(cfg["launcher"]["threads"]))
+    devices = cfg["mesh"]["devices"]
+    split = spanning_replicas(world_size, devices, env["local_world_size"])
+    if split and env["rank"] == 0:
+        print(f"splitnet train: warning: {env['local_world_size']} ranks per node split the model-parallel "
+              f"group of replica(s) {split} (mesh.devices={devices}) across nodes: its activations cross the "
+              "network every step; use --nproc-per-node a multiple of mesh.devices", file=sys.stderr)
+    if env["restart_count"] > 0:
+        cfg = resumed(cfg)
+    timeout = timedelta(seconds=cfg["comm"]["timeout_s"])
+    dist.init_process_group(name, store=_store(env, timeout), rank=env["rank"], world_size=world_size,
+                            timeout=timeout)
+    try:
+        return [job(env["rank"], world_size, cfg)]
+    finally:
+        dist.destroy_process_group()

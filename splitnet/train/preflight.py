@@ -1,0 +1,150 @@
+"""Everything ``splitnet train`` can check before a worker starts, checked once, in the parent.
+
+``preflight(cfg, run_dir)`` returns the model spec, the plan and the data set's description,
+or raises a ``SplitnetError`` whose one line names the key, its value and the fix:
+
+- the runtime's float32 and the evaluation settings (``eval.crops``, ``eval.batch_size``);
+- the mesh against the model (the partitioner's own errors: a width the devices cannot
+  split, a batch hybrid devices cannot share, more stages than layers);
+- the data against the model: class count, image channels, stored image size and
+  ``data.side`` against the model's input;
+- the data against the job: enough training samples for one batch on every replica,
+  a training shard for every replica, and a validation split unless ``eval.enabled=false``
+  (then the lr schedule must not need one);
+- a checkpoint to resume from: the same model, and the same data position mid-epoch.
+
+It reads the config, ``meta.json`` files and checkpoint metadata; it starts no process and
+never imports torch.distributed, Ray or Hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitnet.data import DataInfo, data_info
+from splitnet.data.shardset import resolve
+from splitnet.data.subset import subset_size
+from splitnet.errors import SplitnetError
+from splitnet.partition import Mesh, make_plan
+from splitnet.partition.plan import Plan
+from splitnet.spec import ModelSpec, load_spec
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What a job that passed every check runs: its spec, its plan, its data."""
+
+    spec: ModelSpec
+    plan: Plan
+    info: DataInfo
+
+
+def preflight(cfg: dict[str, Any], run_dir: Path) -> Checked:
+    """Check a resolved training config; every failure is one line naming key, value and fix."""
+    spec = load_spec(cfg["model"])
+    check_runtime(cfg)
+    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], 4)
+    info = data_info(cfg["data"])
+    check_data(cfg, spec, plan, info)
+    if cfg["train"].get("resume"):
+        check_checkpoint(cfg, plan, run_dir)
+    return Checked(spec, plan, info)
+
+
+def require_float32(cfg: dict[str, Any]) -> None:
+    if cfg.get("dtype_bytes", 4) != 4:
+        raise SplitnetError(f"dtype_bytes={cfg.get('dtype_bytes')!r}: the runtime computes in float32 "
+                            "(dtype_bytes=4); other sizes are for `splitnet plan` estimates only")
+
+
+def check_runtime(cfg: dict[str, Any]) -> None:
+    require_float32(cfg)
+    ev = cfg["eval"]
+    if ev["crops"] not in (1, 10):
+        raise SplitnetError(f"eval.crops={ev['crops']!r}; valid: 1 (centre) or 10")
+    if not isinstance(ev["batch_size"], int) or ev["batch_size"] < 1:
+        raise SplitnetError(f"eval.batch_size={ev['batch_size']!r} must be an integer >= 1")
+    schedule = cfg["optim"].get("schedule", "plateau")
+    if not ev.get("enabled", True) and schedule == "plateau":
+        raise SplitnetError("optim.schedule=plateau cuts the lr when the validation error stops improving, "
+                            "but eval.enabled=false measures none; use optim.schedule=step (with "
+                            "optim.milestones) or optim.schedule=constant")
+
+
+def check_data(cfg: dict[str, Any], spec: ModelSpec, plan: Plan, info: DataInfo) -> None:
+    if info.num_classes != spec.num_classes:
+        raise SplitnetError(f"data.num_classes={info.num_classes} (data {info.name!r}) but model {spec.name!r} "
+                            f"ends in {spec.num_classes} outputs (layer {spec.layers[-1].name!r}); change that "
+                            "layer's out or the data")
+    if info.synthetic:
+        return
+    size, side = spec.input_size, cfg["data"].get("side")
+    if spec.input_channels != 3:
+        raise SplitnetError(f"model.input.channels={spec.input_channels} but data {info.name!r} holds RGB "
+                            "images; set model.input.channels=3")
+    if side is not None and side < size:
+        raise SplitnetError(f"data.side={side} is smaller than the {size}x{size} input of model {spec.name!r} "
+                            f"(model.input.size); set data.side >= {size}, or null")
+    if side is None and info.image_size is not None and info.image_size < size:
+        raise SplitnetError(f"data {info.name!r} stores {info.image_size}x{info.image_size} images but model "
+                            f"{spec.name!r} takes {size}x{size} crops (model.input.size={size}); to scale "
+                            f"them up on purpose set data.side={size * 256 // 224}, or pick a model for "
+                            f"{info.image_size}x{info.image_size} input")
+    train = resolve(info.patterns["train"], "train")
+    if len(train.paths) < plan.replicas:
+        raise SplitnetError(f"mesh.replicas={plan.replicas} but data.train has {len(train.paths)} shard(s) "
+                            f"({info.patterns['train']}): each replica reads its own; write smaller shards "
+                            "(`splitnet shards ... --per-shard N`) or use fewer replicas")
+    need = cfg["batch_size"] * plan.replicas
+    fraction = cfg["data"].get("fraction", 1.0)
+    total = subset_size(train.total, fraction)
+    if total < need:
+        used = f" (data.fraction={fraction} of {train.total})" if fraction < 1 else ""
+        raise SplitnetError(f"batch_size={cfg['batch_size']}: data {info.name!r} has {total} training "
+                            f"samples{used}, fewer than one batch on each of mesh.replicas={plan.replicas} "
+                            f"({need}); set batch_size <= {total // plan.replicas} or use more data")
+    if cfg["eval"].get("enabled", True) and "val" not in info.counts:
+        raise SplitnetError(f"data.val={info.patterns['val']!r} matches no shards: data {info.name!r} has no "
+                            "validation split; write the set with one (`splitnet shards ... --val-fraction "
+                            "0.1`), point data.val at one, or train without validation: eval.enabled=false "
+                            "optim.schedule=constant")
+
+
+def check_checkpoint(cfg: dict[str, Any], plan: Plan, run_dir: Path) -> None:
+    """An unusable checkpoint is refused here, not in every worker."""
+    from splitnet.train.checkpoint import (
+        CheckpointError,
+        complete_checkpoints,
+        find_checkpoint,
+        model_difference,
+        read_meta,
+    )
+
+    resume = cfg["train"]["resume"]
+    done = complete_checkpoints(run_dir / "checkpoints") if resume == "auto" else [find_checkpoint(resume)]
+    if not done:
+        return
+    meta = read_meta(done[-1])
+    diff = model_difference(meta["config"]["model"], cfg["model"])
+    if diff is not None:
+        raise CheckpointError(f"checkpoint {done[-1]} is for a different model: {diff}")
+    if meta["batch_in_epoch"]:  # mid-epoch: the data position counts this data's batches
+        was = meta["config"]
+        now = {"batch_size": cfg["batch_size"], "mesh.replicas": plan.replicas, "seed": cfg["seed"],
+               "data": _position_keys(cfg["data"])}
+        then = {"batch_size": was["batch_size"], "mesh.replicas": was["mesh"]["replicas"],
+                "seed": was["seed"], "data": _position_keys(was["data"])}
+        changed = [k for k in now if now[k] != then[k]]
+        if changed:
+            raise CheckpointError(
+                f"checkpoint {done[-1]} stopped inside an epoch (after batch {meta['batch_in_epoch']}); "
+                f"resuming there needs the same {', '.join(changed)} as before ({then}); resume from "
+                "an epoch-end checkpoint to change them")
+
+
+def _position_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """The data keys a mid-epoch position depends on: all but data.workers, which only
+    decides which process decodes a batch, never which batch comes next."""
+    return {k: v for k, v in data.items() if k != "workers"}

@@ -1,0 +1,141 @@
+"""launcher=ray on a two-node Ray cluster simulated on this machine (every Ray process on
+127.0.0.1): replicas placed whole on one node each, restarts after a SIGKILL'd rank that
+end bitwise equal, the errors (unsatisfiable placement, unreachable address), and the same
+job under simulate, torchrun on two c10d nodes and Ray ending bitwise equal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+
+import pytest
+
+from splitnet.launchers.ray import RayLaunchError
+from splitnet.launchers.simulate import free_port
+from tests.launching import (
+    JOB,
+    assert_bitwise_equal,
+    final_params,
+    kill_after_first_checkpoint,
+    simulate_params,
+    start_torchrun,
+)
+from tests.training import train
+
+# Read by Ray when it is imported: node addresses are 127.0.0.1 and Ray listens on loopback only.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two nodes: 'a' (the head) with 3 CPUs and 'b' with 2."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="snr", dir="/tmp")  # Ray's unix socket paths must stay short
+    os.makedirs(os.path.join(temp, "ray"))
+    common = {"node_ip_address": "127.0.0.1", "temp_dir": temp, "object_store_memory": 80 * 1024**2}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", temp)  # where Ray notes the cluster's address, instead of /tmp/ray
+        nodes = Cluster(initialize_head=True, head_node_args={**common, "num_cpus": 3, "include_dashboard": False})
+        try:
+            names = {nodes.head_node.node_id: "a", nodes.add_node(**common, num_cpus=2).node_id: "b"}
+            ray.init(address=nodes.address, log_to_driver=True)
+            yield names
+        finally:
+            ray.shutdown()
+            nodes.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _placement(run_dir) -> list[dict]:
+    return json.loads((run_dir / "placement.json").read_text())
+
+
+@pytest.mark.timeout(600)
+def test_each_replica_s_ranks_run_on_one_node(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    out = train(run_dir, *JOB, "launcher=ray", "mesh.replicas=2", "train.max_steps=2")
+    assert sorted(r["rank"] for r in out["results"]) == [0, 1, 2, 3]
+    where = {p["rank"]: cluster[p["node_id"]] for p in _placement(run_dir)}  # each rank reported its own node
+    # node a (3 CPUs) cannot hold both replicas, so packing ranks in order would split replica 1
+    assert where[0] == where[1] and where[2] == where[3] and where[0] != where[2], where
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == [f"rank{r}.log" for r in range(4)]
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equal(cluster, tmp_path):
+    want = simulate_params()
+    run_dir = tmp_path / "run"
+    done = threading.Event()
+    killed: list[int] = []
+
+    def rank1_pid() -> int | None:
+        places = _placement(run_dir) if (run_dir / "placement.json").exists() else []
+        return next((p["pid"] for p in places if p["rank"] == 1 and p["attempt"] == 0), None)
+
+    killer = threading.Thread(target=lambda: killed.append(
+        kill_after_first_checkpoint(run_dir, rank1_pid, lambda: not done.is_set())))
+    killer.start()
+    try:
+        train(run_dir, *JOB, "launcher=ray", "launcher.max_failures=1")
+    finally:
+        done.set()
+        killer.join()
+    assert len(killed) == 1
+    assert {p["attempt"] for p in _placement(run_dir)} == {1}  # every rank was started again
+    resumed = [line for line in (run_dir / "logs" / "rank1.log").read_text().splitlines() if "resumed from" in line]
+    assert len(resumed) == 1 and killed[0] <= int(resumed[0].split(" at step ")[1].split()[0]) < 12
+    assert_bitwise_equal(final_params(run_dir), want)
+
+
+@pytest.mark.timeout(60)
+def test_a_placement_no_node_can_satisfy_fails_after_the_timeout(cluster, tmp_path):
+    with pytest.raises(RayLaunchError) as failed:
+        train(tmp_path / "run", *JOB, "launcher=ray", "launcher.cpus_per_worker=4", "launcher.placement_timeout_s=2")
+    message = str(failed.value)
+    assert message.startswith("placement: asked for 1 replica(s) x 2 rank(s) of CPU=4 each (PACK: packed), "
+                              "0 of 1 placed within launcher.placement_timeout_s=2s; the cluster has 2 node(s): ")
+    assert "CPU=3" in message and "CPU=2" in message
+    assert "\n" not in message
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_an_address_no_cluster_answers_is_one_line(cluster, tmp_path, scheme):
+    address = f"{scheme}127.0.0.1:{free_port()}"
+    with pytest.raises(RayLaunchError) as failed:
+        train(tmp_path / "run", *JOB, "launcher=ray", f"launcher.address='{address}'",
+              "launcher.connect_timeout_s=5")
+    assert str(failed.value).startswith(f"launcher.address={address!r}: no Ray cluster answers there within "
+                                        "launcher.connect_timeout_s=5s")
+
+
+@pytest.mark.timeout(600)
+def test_simulate_torchrun_on_two_nodes_and_ray_end_bitwise_equal(cluster, tmp_path):
+    want = simulate_params()
+    port = free_port()
+    nodes = [start_torchrun(["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=twonodes", "--max-restarts=0"],
+                            tmp_path, tmp_path / f"node{n}.txt") for n in range(2)]
+    try:
+        out = train(tmp_path / "ray", *JOB, "launcher=ray")
+    finally:
+        codes = [p.wait(timeout=240) for p in nodes]
+    outputs = [(tmp_path / f"node{n}.txt").read_text() for n in range(2)]
+    assert codes == [0, 0], outputs
+
+    run_dir = tmp_path / "runs" / "torchrun-twonodes"  # named by the rendezvous id, the same on both nodes
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["torchrun-twonodes"]
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank0.log", "rank1.log"]
+    both = "\n".join(outputs)
+    assert both.count("final held-out top-1 accuracy") == 1  # only the reporting rank reports
+    # one process per node and mesh.devices=2: the model-parallel group spans the two nodes
+    assert both.count("split the model-parallel group of replica(s) [0] (mesh.devices=2) across nodes") == 1
+
+    assert out["final"]["step"] == 12
+    assert_bitwise_equal(final_params(tmp_path / "ray"), want)
+    assert_bitwise_equal(final_params(run_dir), want)

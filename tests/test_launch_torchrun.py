@@ -1,0 +1,93 @@
+"""launcher=torchrun: real torchrun processes on 127.0.0.1, a restart that resumes bitwise,
+one agreed run folder, and the errors before any collective. (Two nodes by c10d rendezvous:
+test_launch_ray.py, beside Ray.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from splitnet.cli import main
+from splitnet.launchers.torchrun import TorchrunError, adapt_config, backend, run_folder_override, torchrun_env
+from tests.launching import (
+    JOB,
+    assert_bitwise_equal,
+    final_params,
+    kill_after_first_checkpoint,
+    rank_pid,
+    simulate_params,
+    start_torchrun,
+)
+from tests.training import config
+
+
+@pytest.mark.timeout(600)
+def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equal(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_torchrun(["--standalone", "--nproc-per-node=2", "--max-restarts=1"], tmp_path,
+                          tmp_path / "out.txt", f"train.run_dir={run_dir}")
+    killed_at = kill_after_first_checkpoint(run_dir, lambda: rank_pid(str(run_dir), 1),
+                                            lambda: proc.poll() is None)
+    assert proc.wait(timeout=180) == 0, (tmp_path / "out.txt").read_text()
+    resumed = [line for line in (run_dir / "logs" / "rank1.log").read_text().splitlines() if "resumed from" in line]
+    assert len(resumed) == 1
+    step = int(resumed[0].split(" at step ")[1].split()[0])
+    assert killed_at <= step < 12
+    assert_bitwise_equal(final_params(run_dir), simulate_params())
+
+
+def _torchrun_env(monkeypatch, world: int, rank: int = 0, run_id: str = "job7") -> None:
+    for key, value in {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": world,
+                       "TORCHELASTIC_RUN_ID": run_id, "TORCHELASTIC_RESTART_COUNT": 0}.items():
+        monkeypatch.setenv(key, str(value))
+
+
+@pytest.mark.timeout(60)
+def test_a_world_size_the_mesh_does_not_match_is_one_line_before_any_collective(tmp_path, monkeypatch, capsys):
+    import torch.distributed as dist
+
+    _torchrun_env(monkeypatch, world=3)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "launcher=torchrun", *JOB]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["splitnet train: error: torchrun started WORLD_SIZE=3 ranks but mesh.replicas x mesh.devices = "
+                   "1 x 2 = 2; start 2 ranks or set mesh.replicas=null to derive it"]
+    assert not dist.is_initialized()
+
+
+def test_mesh_replicas_null_is_derived_from_the_world_size(monkeypatch):
+    cfg = config("launcher=torchrun", "mesh.replicas=null", "mesh.devices=2")
+    _torchrun_env(monkeypatch, world=6)
+    assert adapt_config(cfg)["mesh"]["replicas"] == 3
+    _torchrun_env(monkeypatch, world=5)
+    with pytest.raises(TorchrunError, match=r"torchrun started 5 ranks, which mesh.devices=2 does not divide"):
+        adapt_config(cfg)
+
+
+def test_every_rank_agrees_on_one_run_folder_and_only_rank_0_writes_hydra_files():
+    env = {"TORCHELASTIC_RUN_ID": "abc", "RANK": "0"}
+    assert run_folder_override(["x=1"], env) == ["hydra.run.dir=runs/torchrun-abc"]
+    assert run_folder_override(["train.run_dir=/shared/r"], {**env, "RANK": "3"}) == [
+        "hydra.run.dir=/shared/r", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    assert run_folder_override(["x=1"], {"RANK": "0"}) == []  # not under torchrun
+    with pytest.raises(TorchrunError, match="--rdzv-id is 'none'"):
+        run_folder_override([], {**env, "TORCHELASTIC_RUN_ID": "none"})
+
+
+def test_backend_is_nccl_only_with_cuda():
+    assert backend("auto", cuda=True) == "nccl"
+    assert backend("auto", cuda=False) == "gloo"
+    assert backend("gloo", cuda=True) == "gloo"
+    with pytest.raises(TorchrunError, match="comm.backend=nccl but this process sees no CUDA device"):
+        backend("nccl", cuda=False)
+    with pytest.raises(TorchrunError, match="comm.backend='mpi'; valid: auto, nccl, gloo"):
+        backend("mpi", cuda=False)
+
+
+def test_launcher_torchrun_outside_torchrun_says_how_to_start_it():
+    with pytest.raises(TorchrunError, match=r"RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE not set: start it as "
+                                            r"`torchrun --nproc-per-node=N -m splitnet train launcher=torchrun"):
+        torchrun_env({})
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+           "TORCHELASTIC_RESTART_COUNT": "2"}
+    assert torchrun_env(env) == {"rank": 3, "world_size": 4, "local_rank": 1, "local_world_size": 2,
+                                 "restart_count": 2}

@@ -1,0 +1,91 @@
+"""Everything checkable is checked in the parent: each bad input fails with one line naming
+the key, the value and the fix, and no worker process is ever started for it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.process
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitnet.cli import main
+from splitnet.data.shards import write_shard_set
+from splitnet.data.sources import ArraySource
+from splitnet.errors import SplitnetError
+from tests.training import train
+
+
+def shard_set(root: Path, n_train: int, n_val: int, side: int) -> str:
+    images = np.random.default_rng(0).integers(0, 256, size=(n_train + n_val, side, side, 3), dtype=np.uint8)
+    labels = np.arange(n_train + n_val) % 10
+    val = np.arange(n_train + n_val) >= n_train if n_val else None
+    write_shard_set(ArraySource(images, labels, val_mask=val), root, per_shard=30, progress=False)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("sets")
+    return {"full": shard_set(root / "full", 60, 20, 36),  # 2 train shards of 30, 1 val shard
+            "train_only": shard_set(root / "train_only", 60, 0, 36),
+            "small_images": shard_set(root / "small_images", 30, 10, 8)}
+
+
+@pytest.fixture
+def no_workers(monkeypatch) -> list[str]:
+    """Any process start (a launcher's worker, a DataLoader worker) is recorded and refused."""
+    started: list[str] = []
+
+    def refuse(process) -> None:
+        started.append(process.name)
+        raise AssertionError(f"a process was started: {process.name}")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    return started
+
+
+def test_too_few_samples_for_a_batch_is_one_line_before_any_worker(sets, tmp_path, capsys, no_workers):
+    rc = main(["train", "data=cifar10", f"data.root={sets['full']}", f"hydra.run.dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert errors == ["splitnet train: error: batch_size=128: data 'cifar10' has 60 training samples, fewer "
+                      "than one batch on each of mesh.replicas=1 (128); set batch_size <= 60 or use more data"]
+    assert "Traceback" not in err
+    assert no_workers == [] and multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize(("data", "overrides", "words"), [
+    ("train_only", [], r"data\.val='.*/val-\*\.tar' matches no shards: .*--val-fraction 0\.1.*eval\.enabled=false"),
+    ("full", ["data.num_classes=4"], r"data\.num_classes=4 but .*lists 10 classes; set data\.num_classes=10"),
+    ("full", ["model.layers.22.out=12"], r"data\.num_classes=10 .* ends in 12 outputs \(layer 'fc8'\)"),
+    ("small_images", ["data.side=null"], r"stores 8x8 images but model 'alexnet_small' takes 32x32 .*data\.side=36"),
+    ("full", ["data.side=20"], r"data\.side=20 is smaller than the 32x32 input of model 'alexnet_small'"),
+    ("full", ["model.input.channels=1"], r"model\.input\.channels=1 but data 'cifar10' holds RGB images"),
+    ("full", ["mesh.devices=3"], r"cannot be split over mesh\.devices=3.*Values that work for alexnet_small: \[1, 2\]"),
+    ("full", ["mesh.replicas=3"], r"mesh\.replicas=3 but data\.train has 2 shard\(s\)"),
+    ("full", ["mesh.replicas=2", "batch_size=32"], r"batch_size=32: .* 60 training samples, fewer than one batch on "
+                                                   r"each of mesh\.replicas=2 \(64\); set batch_size <= 30"),
+    ("full", ["data.fraction=0.5", "batch_size=32"], r"has 30 training samples \(data\.fraction=0\.5 of 60\), "
+                                                     r"fewer than one batch .*set batch_size <= 30"),
+    ("full", ["eval.enabled=false"], r"optim\.schedule=plateau .* eval\.enabled=false .* optim\.schedule=step"),
+    ("full", ["eval.batch_size=0"], r"eval\.batch_size=0 must be an integer >= 1"),
+])
+def test_bad_input_fails_in_the_parent_naming_key_value_and_fix(sets, tmp_path, no_workers, data, overrides,
+                                                                words):
+    with pytest.raises(SplitnetError, match=words) as failed:
+        train(tmp_path, "data=cifar10", f"data.root={sets[data]}", "batch_size=16", *overrides)
+    assert "\n" not in str(failed.value)
+    assert no_workers == [] and multiprocessing.active_children() == []
+
+
+@pytest.mark.timeout(300)
+def test_training_without_validation_on_request(sets, tmp_path, capsys):
+    args = ["train", "data=cifar10", f"data.root={sets['train_only']}", "data.workers=0", "eval.enabled=false",
+            "optim.schedule=constant", "mesh.devices=1", "batch_size=20", "train.epochs=1",
+            f"hydra.run.dir={tmp_path}"]
+    assert main(args) == 0
+    assert "trained without validation (eval.enabled=false): epoch 1, step 3" in capsys.readouterr().out
+    assert "not validated (eval.enabled=false)" in (tmp_path / "logs" / "rank0.log").read_text()
