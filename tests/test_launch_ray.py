@@ -40,8 +40,9 @@ def cluster():
     common = {"node_ip_address": "127.0.0.1", "temp_dir": temp, "object_store_memory": 80 * 1024**2}
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_TMPDIR", temp)  # where Ray notes the cluster's address, instead of /tmp/ray
-        nodes = Cluster(initialize_head=True, head_node_args={**common, "num_cpus": 3, "include_dashboard": False})
+        nodes = Cluster()
         try:
+            nodes.add_node(**common, num_cpus=3, include_dashboard=False)  # the first node is the head
             names = {nodes.head_node.node_id: "a", nodes.add_node(**common, num_cpus=2).node_id: "b"}
             ray.init(address=nodes.address, log_to_driver=True)
             yield names
