@@ -10,11 +10,12 @@ set -euo pipefail
 OUT="${OUT:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}"
 JOB=(data=synthetic data.num_classes=10 data.train_batches=20 data.val_batches=2 train.epochs=1
      batch_size=128 eval.batch_size=100)
-GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)
+GPUS=$(nvidia-smi -L 2>/dev/null | wc -l || true)
 
-nvidia-smi
+nvidia-smi || true
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available',
-torch.cuda.is_available(), 'devices', torch.cuda.device_count(), 'nccl', torch.cuda.nccl.version())"
+torch.cuda.is_available(), 'devices', torch.cuda.device_count(),
+'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else None)"
 [[ "$GPUS" -ge 1 ]] || { echo "gpu-check: no NVIDIA GPU visible" >&2; exit 1; }
 
 echo "== splitnet verify (columns, D=2)"

@@ -33,11 +33,13 @@ commands:
   describe   the model spec as a table: shapes, parameters, FLOPs per layer
   plan       partition the model over a device mesh: placement, exchanges, costs
   verify     run the split model and the single-device reference, prove them equal
+  profile    measure each rank's peak tensor memory and step time beside the plan
   train      train a split model (default: alexnet_small on 2 simulated CPU devices)
   evaluate   evaluate a checkpoint
   export     write a checkpoint's merged single-model state_dict
   shards     write webdataset shards from images (see `splitnet shards --help`)
   bench      throughput|bytes|data|all: splitnet against DDP and torch pipelining [out=DIR]
+  report     collect a run or sweep folder into a table and plots: report DIR [out=DIR] [format=json]
 
 Configuration is Hydra's: e.g. `splitnet plan model=alexnet partition=hybrid mesh.devices=4`,
 `--config-dir DIR model=NAME` for your own model files, `--cfg job` to print the config.
@@ -96,6 +98,16 @@ def _verify(cfg: dict[str, Any]) -> int:
     return 0 if report["ok"] else 1
 
 
+def _profile(cfg: dict[str, Any]) -> int:
+    from splitnet.profile import profile_table, run_profile
+    from splitnet.profile.picture import draw_profile
+
+    report = run_profile(cfg)
+    drawn = draw_profile(report, cfg.get("picture") or "profile.png")
+    print(json.dumps(report) if cfg.get("format") == "json" else f"{profile_table(report)}\n\npicture: {drawn}")
+    return 0
+
+
 def _train(cfg: dict[str, Any]) -> int:
     from hydra.core.hydra_config import HydraConfig
 
@@ -148,14 +160,46 @@ def _bench(suite: str) -> Callable[[dict[str, Any]], int]:
     return job
 
 
+def _report(args: list[str]) -> int:
+    """``splitnet report DIR [out=DIR] [format=json]``: not a Hydra app, it reads finished files."""
+    from splitnet.sweep import collect, markdown, to_json
+    from splitnet.sweep_plots import draw_curves, draw_heatmap
+
+    paths = [a for a in args if "=" not in a]
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    unknown = sorted(set(options) - {"out", "format"})
+    if len(paths) != 1 or unknown or options.get("format", "table") not in ("table", "json"):
+        print("usage: splitnet report RUN_OR_SWEEP_DIR [out=DIR] [format=table|json]"
+              + (f" (unknown option(s) {unknown})" if unknown else ""), file=sys.stderr)
+        return 2
+    try:
+        sweep = collect(paths[0])
+        out = Path(options.get("out") or paths[0])
+        out.mkdir(parents=True, exist_ok=True)
+        text = markdown(sweep)
+        (out / "report.md").write_text(text)
+        (out / "report.json").write_text(json.dumps(to_json(sweep), indent=1))
+        pictures = [draw_curves(sweep, out / "curves.png"), draw_heatmap(sweep, out / "heatmap.png")]
+    except SplitnetError as exc:
+        print(f"splitnet report: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(to_json(sweep)) if options.get("format") == "json" else text)
+    print(f"wrote {out / 'report.md'}, {out / 'report.json'}, "
+          + ", ".join(str(p) for p in pictures if p is not None), file=sys.stderr)
+    return 0
+
+
 def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
-    return {"describe": _describe, "plan": _plan, "verify": _verify, "train": _train, "export": _export,
-            "evaluate": _evaluate}
+    return {"describe": _describe, "plan": _plan, "verify": _verify, "profile": _profile, "train": _train,
+            "export": _export, "evaluate": _evaluate}
 
 
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:
     import hydra
 
+    from splitnet.convstack import register_resolver
+
+    register_resolver()
     result = {"rc": 1}
 
     def task(cfg: Any) -> None:
@@ -191,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, args = argv[0], argv[1:]
+    if command == "report":
+        return _report(args)
     if command == "shards":
         from splitnet.data.cli import main as shards_main
 

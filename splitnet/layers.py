@@ -86,8 +86,9 @@ class SeededDropout(nn.Module):
         first = self.row_offset + self.rows_part * x.shape[0]
         rows = self.full_batch or first + x.shape[0]
         keep = dropout_keep(self.seed, self.layer, self.step, (rows, total, *x.shape[2:]), self.p)
-        keep = keep[first:first + x.shape[0], start:stop]
-        return x * keep.to(x.device) / (1.0 - self.p)
+        # backward keeps the mask: only this module's slice of it, one byte an element
+        keep = keep[first:first + x.shape[0], start:stop].to(x.device, copy=True)
+        return x * keep / (1.0 - self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, layer={self.layer!r}, channels={self.channels}"

@@ -10,10 +10,12 @@ from splitnet.seeding import draw_rows
 from splitnet.spec import Layer, ModelSpec
 
 
-def initial_weight(spec: ModelSpec, layer: Layer, seed: int, rows: range | None = None) -> torch.Tensor:
-    """Rows ``rows`` (default: all) of a layer's initial weight: a pure function of (spec, seed, layer)."""
+def initial_weight(spec: ModelSpec, layer: Layer, seed: int, rows: range | None = None,
+                   cols: tuple[int, int] | None = None) -> torch.Tensor:
+    """Rows ``rows`` (default: all), input columns ``cols`` (default: all) of a layer's initial
+    weight: a pure function of (spec, seed, layer)."""
     rows = range(layer.out) if rows is None else rows
-    return draw_rows(seed, layer.name, rows, layer.weight_shape[1:], spec.std_of(layer))
+    return draw_rows(seed, layer.name, rows, layer.weight_shape[1:], spec.std_of(layer), cols)
 
 
 def initial_bias(layer: Layer, rows: range | None = None) -> torch.Tensor:

@@ -66,7 +66,7 @@ def rank_pid(marker: str, rank: int) -> int | None:
 
 
 def kill_after_first_checkpoint(run_dir: Path, pid_of: Callable[[], int | None], alive: Callable[[], bool],
-                                timeout_s: float = 120.0) -> int:
+                                timeout_s: float = 400.0) -> int:
     """SIGKILL a rank's process as soon as the run has a complete checkpoint; returns the step it had."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and alive():

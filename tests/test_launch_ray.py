@@ -1,6 +1,7 @@
 """launcher=ray on a two-node Ray cluster simulated on this machine (every Ray process on
 127.0.0.1): replicas placed whole on one node each, restarts after a SIGKILL'd rank that
-end bitwise equal, and the errors (unsatisfiable placement, unreachable address)."""
+end bitwise equal, the errors (unsatisfiable placement, unreachable address), and the same
+job under simulate, torchrun on two c10d nodes and Ray ending bitwise equal."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ import pytest
 
 from splitnet.launchers.ray import RayLaunchError
 from splitnet.launchers.simulate import free_port
-from tests.launching import JOB, assert_bitwise_equal, final_params, kill_after_first_checkpoint, simulate_params
+from tests.launching import (
+    JOB,
+    assert_bitwise_equal,
+    final_params,
+    kill_after_first_checkpoint,
+    simulate_params,
+    start_torchrun,
+)
 from tests.training import train
 
 # Read by Ray when it is imported: node addresses are 127.0.0.1 and Ray listens on loopback only.
@@ -23,7 +31,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head node with no CPUs and two worker nodes, 'a' with 3 CPUs and 'b' with 2."""
+    """Two nodes: 'a' (the head) with 3 CPUs and 'b' with 2."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -32,10 +40,9 @@ def cluster():
     common = {"node_ip_address": "127.0.0.1", "temp_dir": temp, "object_store_memory": 80 * 1024**2}
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_TMPDIR", temp)  # where Ray notes the cluster's address, instead of /tmp/ray
-        nodes = Cluster(initialize_head=True, head_node_args={**common, "num_cpus": 0, "include_dashboard": False})
+        nodes = Cluster(initialize_head=True, head_node_args={**common, "num_cpus": 3, "include_dashboard": False})
         try:
-            names = {nodes.add_node(**common, num_cpus=3).node_id: "a",
-                     nodes.add_node(**common, num_cpus=2).node_id: "b"}
+            names = {nodes.head_node.node_id: "a", nodes.add_node(**common, num_cpus=2).node_id: "b"}
             ray.init(address=nodes.address, log_to_driver=True)
             yield names
         finally:
@@ -48,7 +55,7 @@ def _placement(run_dir) -> list[dict]:
     return json.loads((run_dir / "placement.json").read_text())
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(600)
 def test_each_replica_s_ranks_run_on_one_node(cluster, tmp_path):
     run_dir = tmp_path / "run"
     out = train(run_dir, *JOB, "launcher=ray", "mesh.replicas=2", "train.max_steps=2")
@@ -59,7 +66,7 @@ def test_each_replica_s_ranks_run_on_one_node(cluster, tmp_path):
     assert sorted(p.name for p in (run_dir / "logs").iterdir()) == [f"rank{r}.log" for r in range(4)]
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(600)
 def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equal(cluster, tmp_path):
     want = simulate_params()
     run_dir = tmp_path / "run"
@@ -91,7 +98,7 @@ def test_a_placement_no_node_can_satisfy_fails_after_the_timeout(cluster, tmp_pa
         train(tmp_path / "run", *JOB, "launcher=ray", "launcher.cpus_per_worker=4", "launcher.placement_timeout_s=2")
     message = str(failed.value)
     assert message.startswith("placement: asked for 1 replica(s) x 2 rank(s) of CPU=4 each (PACK: packed), "
-                              "0 of 1 placed within launcher.placement_timeout_s=2s; the cluster has 3 node(s): ")
+                              "0 of 1 placed within launcher.placement_timeout_s=2s; the cluster has 2 node(s): ")
     assert "CPU=3" in message and "CPU=2" in message
     assert "\n" not in message
 
@@ -105,3 +112,30 @@ def test_an_address_no_cluster_answers_is_one_line(cluster, tmp_path, scheme):
               "launcher.connect_timeout_s=5")
     assert str(failed.value).startswith(f"launcher.address={address!r}: no Ray cluster answers there within "
                                         "launcher.connect_timeout_s=5s")
+
+
+@pytest.mark.timeout(600)
+def test_simulate_torchrun_on_two_nodes_and_ray_end_bitwise_equal(cluster, tmp_path):
+    want = simulate_params()
+    port = free_port()
+    nodes = [start_torchrun(["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=twonodes", "--max-restarts=0"],
+                            tmp_path, tmp_path / f"node{n}.txt") for n in range(2)]
+    try:
+        out = train(tmp_path / "ray", *JOB, "launcher=ray")
+    finally:
+        codes = [p.wait(timeout=240) for p in nodes]
+    outputs = [(tmp_path / f"node{n}.txt").read_text() for n in range(2)]
+    assert codes == [0, 0], outputs
+
+    run_dir = tmp_path / "runs" / "torchrun-twonodes"  # named by the rendezvous id, the same on both nodes
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["torchrun-twonodes"]
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank0.log", "rank1.log"]
+    both = "\n".join(outputs)
+    assert both.count("final held-out top-1 accuracy") == 1  # only the reporting rank reports
+    # one process per node and mesh.devices=2: the model-parallel group spans the two nodes
+    assert both.count("split the model-parallel group of replica(s) [0] (mesh.devices=2) across nodes") == 1
+
+    assert out["final"]["step"] == 12
+    assert_bitwise_equal(final_params(tmp_path / "ray"), want)
+    assert_bitwise_equal(final_params(run_dir), want)

@@ -1,13 +1,13 @@
 """launcher=torchrun: real torchrun processes on 127.0.0.1, a restart that resumes bitwise,
 one agreed run folder, and the errors before any collective. (Two nodes by c10d rendezvous:
-test_launch_equal.py.)"""
+test_launch_ray.py, beside Ray.)"""
 
 from __future__ import annotations
 
 import pytest
 
 from splitnet.cli import main
-from splitnet.launchers.torchrun import TorchrunError, adapt_config, backend, run_folder_override
+from splitnet.launchers.torchrun import TorchrunError, adapt_config, backend, run_folder_override, torchrun_env
 from tests.launching import (
     JOB,
     assert_bitwise_equal,
@@ -20,7 +20,7 @@ from tests.launching import (
 from tests.training import config
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(600)
 def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equal(tmp_path):
     run_dir = tmp_path / "run"
     proc = start_torchrun(["--standalone", "--nproc-per-node=2", "--max-restarts=1"], tmp_path,
@@ -81,3 +81,13 @@ def test_backend_is_nccl_only_with_cuda():
         backend("nccl", cuda=False)
     with pytest.raises(TorchrunError, match="comm.backend='mpi'; valid: auto, nccl, gloo"):
         backend("mpi", cuda=False)
+
+
+def test_launcher_torchrun_outside_torchrun_says_how_to_start_it():
+    with pytest.raises(TorchrunError, match=r"RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE not set: start it as "
+                                            r"`torchrun --nproc-per-node=N -m splitnet train launcher=torchrun"):
+        torchrun_env({})
+    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+           "TORCHELASTIC_RESTART_COUNT": "2"}
+    assert torchrun_env(env) == {"rank": 3, "world_size": 4, "local_rank": 1, "local_world_size": 2,
+                                 "restart_count": 2}

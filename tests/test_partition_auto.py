@@ -41,9 +41,9 @@ def test_pipeline_estimate_pays_the_bubble(alexnet):
 
 def test_a_3gib_cap_rules_out_the_fastest_candidate(alexnet):
     # On a slow link the params-balanced pipeline, which sends one small activation, is the
-    # fastest; at batch 512 its first stage (conv1..fc6) needs more than a GTX 580's 3 GiB.
-    free = auto(alexnet, batch=512, devices=2, link_gbps=0.1)
-    capped = auto(alexnet, batch=512, devices=2, link_gbps=0.1, device_memory=GTX580)
+    # fastest; at batch 256 its first stage (conv1..fc6) needs more than a GTX 580's 3 GiB.
+    free = auto(alexnet, batch=256, devices=2, link_gbps=0.1)
+    capped = auto(alexnet, batch=256, devices=2, link_gbps=0.1, device_memory=GTX580)
     assert (free.strategy, free.candidates[4]["chosen"]) == ("pipeline", True)
     assert free.candidates[4]["memory_bytes"] > GTX580
     assert capped.strategy == "hybrid"
@@ -83,10 +83,18 @@ def test_no_strategy_at_all(alexnet_small):
         auto(alexnet_small, devices=24)
 
 
-def test_a_fixed_strategy_that_does_not_fit(alexnet):
-    with pytest.raises(PartitionError, match=r"columns: rank 0 needs [\d,]+ bytes, [\d,]+ more than "
-                                             r"mesh.device_memory=104,857,600; use more devices"):
-        make_plan(alexnet, {"strategy": "columns"}, Mesh(devices=2, device_memory=100 * 2**20), 128)
+def test_a_fixed_strategy_that_does_not_fit_names_every_rank_and_the_smallest_mesh_that_fits(alexnet):
+    cap = 2**30
+    free = {d: make_plan(alexnet, {"strategy": "columns"}, Mesh(devices=d), 128) for d in (2, 4)}  # 3 cannot split
+    assert max(c.memory_bytes for c in free[2].costs) > cap >= max(c.memory_bytes for c in free[4].costs)
+    with pytest.raises(PartitionError) as err:
+        make_plan(alexnet, {"strategy": "columns"}, Mesh(devices=2, device_memory=cap), 128)
+    message = str(err.value)
+    per_rank = ", ".join(f"rank {c.rank} {c.memory_bytes / 2**20:,.0f} MiB" for c in free[2].costs)
+    assert message.startswith(f"columns: the predicted peak per device ({per_rank}) exceeds "
+                              f"mesh.device_memory={cap:,} bytes (1,024 MiB); the smallest mesh that fits is "
+                              f"mesh.devices=4 ({max(c.memory_bytes for c in free[4].costs) / 2**20:,.0f} MiB")
+    assert message.endswith("or use a smaller batch_size or partition=auto")
 
 
 def test_auto_honours_a_forced_exchange_mode(alexnet):

@@ -85,18 +85,31 @@ def test_2012_layout_flops_split_evenly(alexnet):
     assert [c.flops for c in plan.costs] == [3 * alexnet.total_flops * B // 2] * 2
 
 
-def test_activations_on_one_device_are_every_layers_output(alexnet):
-    plan = plan_of(alexnet, devices=1)
-    outputs = sum(layer.out_shape[0] * layer.out_shape[1] * layer.out_shape[2] for layer in alexnet.layers)
-    assert plan.costs[0].activation_bytes == outputs * B * F
+TINY = {"name": "tiny", "input": {"channels": 3, "size": 8}, "groups": 2, "layers": [
+    {"name": "conv1", "op": "conv", "out": 4, "kernel": 3, "pad": 1, "connect": "full"},
+    {"name": "relu1", "op": "relu"},
+    {"name": "flatten", "op": "flatten"},
+    {"name": "fc", "op": "linear", "out": 6, "connect": "full"},
+]}
 
 
-def test_activations_on_two_devices_add_the_assembled_tensors(alexnet):
-    plan = plan_of(alexnet)
-    half = sum(layer.out_shape[0] * layer.out_shape[1] * layer.out_shape[2] for layer in alexnet.layers) // 2
-    # the whole inputs conv3, fc6, fc7, fc8 gather, and the logits gathered for the loss
-    assembled = POOL2 + FLAT + 4096 + 4096 + 1000
-    assert [c.activation_bytes for c in plan.costs] == [(half + assembled) * B * F] * 2
+def test_memory_on_one_device_is_the_peak_of_a_step_by_hand():
+    plan = make_plan(load_spec(TINY), {"strategy": "columns"}, Mesh(devices=1), 4)
+    fc = 4 * (6 * 256 + 6)
+    params = 4 * (4 * 3 * 9 + 4) + fc
+    batch = 4 * 3 * 64 * 4 + 4 * 8                 # float32 images, int64 labels
+    relu = 4 * 4 * 64 * 4                           # conv1 keeps the batch, relu1 its output
+    logits = 4 * 6 * 4                              # the logits and their log-softmax
+    # the peak: backward through flatten (or relu1), fc's gradients made, relu1's output
+    # still kept, and its gradient in and out in flight; parameters and momentum throughout
+    peak = 2 * params + batch + (relu + 2 * logits) + fc + 2 * relu
+    assert plan.costs[0].memory_bytes == peak
+    assert plan.costs[0].activation_bytes == peak - 3 * params
+
+
+def test_alexnet_per_device_memory_falls_with_the_device_count(alexnet):
+    one, two, four = (max(c.memory_bytes for c in plan_of(alexnet, devices=d).costs) for d in (1, 2, 4))
+    assert two <= 0.55 * one and four <= 0.35 * one
 
 
 def test_auto_switches_fc8_to_reduce_and_cuts_its_bytes(alexnet):

@@ -68,6 +68,8 @@ def test_too_few_samples_for_a_batch_is_one_line_before_any_worker(sets, tmp_pat
     ("full", ["mesh.replicas=3"], r"mesh\.replicas=3 but data\.train has 2 shard\(s\)"),
     ("full", ["mesh.replicas=2", "batch_size=32"], r"batch_size=32: .* 60 training samples, fewer than one batch on "
                                                    r"each of mesh\.replicas=2 \(64\); set batch_size <= 30"),
+    ("full", ["data.fraction=0.5", "batch_size=32"], r"has 30 training samples \(data\.fraction=0\.5 of 60\), "
+                                                     r"fewer than one batch .*set batch_size <= 30"),
     ("full", ["eval.enabled=false"], r"optim\.schedule=plateau .* eval\.enabled=false .* optim\.schedule=step"),
     ("full", ["eval.batch_size=0"], r"eval\.batch_size=0 must be an integer >= 1"),
 ])
@@ -79,7 +81,7 @@ def test_bad_input_fails_in_the_parent_naming_key_value_and_fix(sets, tmp_path, 
     assert no_workers == [] and multiprocessing.active_children() == []
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_training_without_validation_on_request(sets, tmp_path, capsys):
     args = ["train", "data=cifar10", f"data.root={sets['train_only']}", "data.workers=0", "eval.enabled=false",
             "optim.schedule=constant", "mesh.devices=1", "batch_size=20", "train.epochs=1",

@@ -57,6 +57,13 @@ def test_a_slice_of_a_layer_is_reproduced_alone(alexnet):
     assert abs(float(full.std()) - 0.01) < 0.001
 
 
+def test_input_columns_of_a_layer_are_drawn_without_the_whole_layer(alexnet):
+    fc6 = alexnet.layer("fc6")
+    rows = initial_weight(alexnet, fc6, seed=3, rows=range(10, 14))
+    cols = initial_weight(alexnet, fc6, seed=3, rows=range(10, 14), cols=(4608, 6912))
+    assert cols.shape == (4, 2304) and torch.equal(cols, rows[:, 4608:6912])
+
+
 def test_dropout_mask_depends_on_step_not_on_call_count(alexnet_small):
     model = build_reference(alexnet_small, seed=0).train()
     x = torch.randn(4, *alexnet_small.input_shape)

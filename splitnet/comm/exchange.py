@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.autograd.profiler import record_function
 
 from splitnet.comm.transport import Transport
 
@@ -68,7 +69,9 @@ class _AllReduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, link: Link) -> torch.Tensor:
         t = link.transport
-        return t.all_reduce(x.clone(), t.group(link.ranks), len(link.ranks), link.layer, "fwd")
+        with record_function(f"splitnet.exchange:{link.layer}"):  # the sum's buffer is an exchange buffer
+            summed = x.clone()
+        return t.all_reduce(summed, t.group(link.ranks), len(link.ranks), link.layer, "fwd")
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

@@ -8,15 +8,25 @@ transport maps them to this replica's global ranks.
 
 Every wait carries ``comm.timeout_s``: a peer that never arrives turns into a
 ``StalledExchange`` that names this rank, the layer and the collective.
+
+With ``clock`` set to a list (``splitnet profile`` does), every blocking wait is timed:
+when this rank issued the operation, when it began to wait, when the wait ended, and a
+key that every rank taking part computes alike (the group's global ranks and the
+group's call count, or for a point-to-point transfer the pair, the tag and its count),
+so the time spent waiting for the last peer can be told apart afterwards. Each
+collective runs inside a ``splitnet.exchange`` profiler range, so an allocation
+profile can tell its buffers from the layers' own tensors.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.autograd.profiler import record_function
 
 from splitnet.comm.meter import Meter
 from splitnet.errors import SplitnetError
@@ -45,6 +55,9 @@ class Transport:
         self.device = device or _default_device()
         self.timeout = timedelta(seconds=timeout_s)
         self.meter = Meter()
+        self.clock: list[dict[str, Any]] | None = None
+        self._calls: dict[tuple[Any, ...], int] = {}
+        self._issued: dict[int, tuple[tuple[Any, ...], int]] = {}
         self._groups: dict[tuple[int, ...], Any] = {}
         self.replica_group: Any = None
         if not dist.is_initialized():
@@ -75,13 +88,28 @@ class Transport:
     def global_rank(self, mp_rank: int) -> int:
         return self.mesh.rank(self.replica, mp_rank)
 
+    def _global(self, mp_ranks: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(self.global_rank(r) for r in mp_ranks)
+
     def group(self, mp_ranks: tuple[int, ...]) -> Any:
         if mp_ranks not in self._groups:
             raise SplitnetError(f"rank {self.rank}: no process group for model-parallel ranks {mp_ranks}; "
                                 "the plan did not declare it")
         return self._groups[mp_ranks]
 
+    def _issue(self, work: Any, peers: tuple[Any, ...]) -> Any:
+        """Remember when and as which call of ``peers`` this rank issued ``work`` (when timing)."""
+        if self.clock is not None:
+            n = self._calls.get(peers, 0)
+            self._calls[peers] = n + 1
+            self._issued[id(work)] = ((*peers, n), time.perf_counter_ns())
+        return work
+
+    def _ranks_of(self, group: Any) -> tuple[int, ...]:
+        return tuple(dist.get_process_group_ranks(group)) if group is not None else (self.rank,)
+
     def wait(self, work: Any, layer: str, what: str) -> None:
+        entered = time.perf_counter_ns()
         try:
             work.wait(self.timeout)
         except RuntimeError as exc:
@@ -89,6 +117,11 @@ class Transport:
                 f"rank {self.rank}: the {what} at layer {layer!r} did not complete within "
                 f"comm.timeout_s={self.timeout.total_seconds():g}s: a peer stalled or died ({exc})"
             ) from exc
+        issued = self._issued.pop(id(work), None)
+        if self.clock is not None and issued is not None:
+            key, start = issued
+            self.clock.append({"layer": layer, "what": what, "key": key, "issued": start,
+                               "entered": entered, "left": time.perf_counter_ns()})
 
     def barrier(self, what: str) -> None:
         """Wait for every rank (no payload, not metered): e.g. all checkpoint shards written."""
@@ -101,38 +134,45 @@ class Transport:
     def all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
                    dim: int) -> torch.Tensor:
         k = len(mp_ranks)
-        x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(k)]
-        self.wait(dist.all_gather(parts, x, group=self.group(mp_ranks), async_op=True), layer, "all_gather")
-        self.meter.record(layer, direction, "all_gather", x.numel() * x.element_size() * k, k)
-        return torch.cat(parts, dim=dim)
+        with record_function(f"splitnet.exchange:{layer}"):
+            x = x.contiguous()
+            parts = [torch.empty_like(x) for _ in range(k)]
+            work = dist.all_gather(parts, x, group=self.group(mp_ranks), async_op=True)
+            self.wait(self._issue(work, self._global(mp_ranks)), layer, "all_gather")
+            self.meter.record(layer, direction, "all_gather", x.numel() * x.element_size() * k, k)
+            return torch.cat(parts, dim=dim)
 
     def reduce_scatter(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
                        dim: int) -> torch.Tensor:
         k = len(mp_ranks)
-        parts = [p.contiguous() for p in x.chunk(k, dim=dim)]
-        out = torch.empty_like(parts[0])
-        self.wait(dist.reduce_scatter(out, parts, group=self.group(mp_ranks), async_op=True), layer,
-                  "reduce_scatter")
-        self.meter.record(layer, direction, "reduce_scatter", x.numel() * x.element_size(), k)
-        return out
+        with record_function(f"splitnet.exchange:{layer}"):
+            parts = [p.contiguous() for p in x.chunk(k, dim=dim)]
+            out = torch.empty_like(parts[0])
+            work = dist.reduce_scatter(out, parts, group=self.group(mp_ranks), async_op=True)
+            self.wait(self._issue(work, self._global(mp_ranks)), layer, "reduce_scatter")
+            self.meter.record(layer, direction, "reduce_scatter", x.numel() * x.element_size(), k)
+            return out
 
     def all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> torch.Tensor:
-        self.wait(self.start_all_reduce(x, group, k, layer, direction), layer, "all_reduce")
+        with record_function(f"splitnet.exchange:{layer}"):
+            self.wait(self.start_all_reduce(x, group, k, layer, direction), layer, "all_reduce")
         return x
 
     def start_all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> Any:
         """Sum ``x`` in place over the group without waiting; returns the work. ``x`` must be
         contiguous (a flat bucket or a fresh tensor): the sum lands in its storage."""
         self.meter.record(layer, direction, "all_reduce", x.numel() * x.element_size(), k)
-        return dist.all_reduce(x, group=group, async_op=True)
+        return self._issue(dist.all_reduce(x, group=group, async_op=True), self._ranks_of(group))
 
     def send(self, x: torch.Tensor, mp_dst: int, tag: int) -> Any:
         """Start sending; the receiver meters the bytes. Returns the work to wait on later."""
-        return dist.isend(x.contiguous(), dst=self.global_rank(mp_dst), tag=tag)
+        dst = self.global_rank(mp_dst)
+        return self._issue(dist.isend(x.contiguous(), dst=dst, tag=tag), ("send", self.rank, dst, tag))
 
     def recv(self, shape: tuple[int, ...], mp_src: int, tag: int, layer: str, direction: str) -> torch.Tensor:
-        x = torch.empty(shape, device=self.device)
-        self.wait(dist.irecv(x, src=self.global_rank(mp_src), tag=tag), layer, "receive")
+        src = self.global_rank(mp_src)
+        with record_function(f"splitnet.exchange:{layer}"):
+            x = torch.empty(shape, device=self.device)
+            self.wait(self._issue(dist.irecv(x, src=src, tag=tag), ("send", src, self.rank, tag)), layer, "receive")
         self.meter.record(layer, direction, "send", x.numel() * x.element_size(), 2)
         return x

@@ -23,6 +23,7 @@ class DataConfig:
     train: str | None = None  # shard pattern (glob and/or {a..b}); default {root}/train-*.tar
     val: str | None = None
     cache_dir: str | None = None  # kind=embedded: where the converted shards live
+    augment: bool = True  # false: training images get the evaluation's centre crop, no flip or colour noise
     flip: bool = True
     pca_std: float = 0.1  # std of the PCA colour noise alpha (paper: 0.1); 0 turns it off
     normalize: str = "mean"  # mean (the paper) or mean_std
@@ -30,6 +31,8 @@ class DataConfig:
     shuffle_buffer: int = 1000  # samples; train only
     workers: int = 0  # DataLoader worker processes per replica (0: in the training process)
     on_error: str = "skip"  # skip | raise, for undecodable or malformed samples
+    fraction: float = 1.0  # share of the training split used, a seeded subset (splitnet.data.subset)
+    subset_seed: int = 0  # which subset; the same on every rank, replica and epoch
     train_batches: int = 100  # kind=synthetic: batches per epoch
     val_batches: int = 10
 
@@ -58,6 +61,8 @@ class DataConfig:
                 raise DataError(f"data.{key} must be an integer >= 0, got {getattr(self, key)!r}")
         if self.pca_std < 0:
             raise DataError(f"data.pca_std must be >= 0, got {self.pca_std}")
+        if not 0 < self.fraction <= 1:
+            raise DataError(f"data.fraction={self.fraction!r} must be in (0, 1]; 1 uses the whole training split")
         if self.side is not None and self.side < 1:
             raise DataError(f"data.side must be >= 1 or null, got {self.side}")
         if self.kind == "shards" and self.root is None and self.train is None:

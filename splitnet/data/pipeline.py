@@ -32,10 +32,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from splitnet.data.augment import Augmenter
 from splitnet.data.config import DataConfig
-from splitnet.data.distribute import epoch_order, eval_batches, replica_shards, role_batches, role_of
+from splitnet.data.distribute import (
+    batches_per_epoch,
+    epoch_order,
+    eval_batches,
+    replica_shards,
+    role_batches,
+    role_of,
+)
 from splitnet.data.errors import BadSampleError, DataError
 from splitnet.data.info import SPLITS, data_info
 from splitnet.data.shardset import resolve
+from splitnet.data.subset import in_subset, subset_size
 from splitnet.data.synthetic import SyntheticLoader
 from splitnet.seeding import stream_seed
 
@@ -107,8 +115,9 @@ class ReplicaStream(IterableDataset):
     def __init__(self, shards: list[str], counts: dict[str, int], *, split: str,
                  augmenter: Augmenter, num_classes: int, batch_size: int, n_batches: int,
                  start: int, roles: int, shuffle_buffer: int, on_error: str, seed: int,
-                 epoch: int, replica: int) -> None:
+                 epoch: int, replica: int, subset: tuple[float, int] = (1.0, 0)) -> None:
         self.shards = shards
+        self.subset = subset  # (data.fraction, data.subset_seed); train only
         self.counts = counts
         self.train = split == "train"
         self.augmenter = augmenter
@@ -149,7 +158,8 @@ class ReplicaStream(IterableDataset):
                 empty_check=False, handler=partial(self.shard_error, shard), seed=0,
             )
             for sample in dataset:
-                yield shard, sample
+                if in_subset(str(sample.get("__key__")), *self.subset):
+                    yield shard, sample
 
     def sequence(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """The replica's sample sequence: one pass (val), or pass after pass (train).
@@ -323,13 +333,14 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
     shard_set = resolve(info.patterns[split], split)
     ordered = epoch_order(shard_set.paths, seed=seed, epoch=epoch, shuffle=train)
     mine = replica_shards(ordered, replica, num_replicas, allow_empty=not train)
+    subset = (cfg.fraction, cfg.subset_seed) if train else (1.0, 0)
     if train:
-        n_batches = info.batches_per_epoch(split, batch_size, num_replicas)
+        n_batches = batches_per_epoch(subset_size(info.counts[split], cfg.fraction), batch_size, num_replicas)
     else:
         n_batches = eval_batches(sum(shard_set.counts[s] for s in mine), batch_size)
     check_skip(skip_batches, n_batches)
     augmenter = Augmenter(
-        image_size, train=train, crops=crops, flip=cfg.flip, pca_std=cfg.pca_std,
+        image_size, train=train and cfg.augment, crops=crops, flip=cfg.flip, pca_std=cfg.pca_std,
         side=cfg.side, mean=info.mean, std=info.std if cfg.normalize == "mean_std" else None,
         eigval=info.eigval, eigvec=info.eigvec,
     )
@@ -339,6 +350,6 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
         mine, shard_set.counts, split=split, augmenter=augmenter, num_classes=info.num_classes,
         batch_size=batch_size, n_batches=n_batches, start=skip_batches, roles=max(1, workers),
         shuffle_buffer=cfg.shuffle_buffer, on_error=cfg.on_error, seed=seed, epoch=epoch,
-        replica=replica,
+        replica=replica, subset=subset,
     )
     return ShardLoader(stream, workers)

@@ -56,7 +56,7 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
         rows = hybrid(spec, d, str(cfg.get("exchange", "auto")), batch, dtype_bytes)
     else:
         raise PartitionError(f"partition.strategy={strategy!r}; valid: {', '.join(STRATEGIES)}")
-    costs = device_costs(spec, rows, d, batch, dtype_bytes)
+    costs = device_costs(spec, rows, d, batch, dtype_bytes, microbatches)
     if mesh.replicas > 1:
         r = mesh.replicas
         per_rank = tuple((c.rank, ring_bytes("none", 0, r), ring_bytes("all_reduce", c.param_bytes, r))
@@ -85,10 +85,34 @@ def make_plan(spec: ModelSpec, partition: Mapping[str, Any], mesh: Mesh, batch_s
         return choose(spec, partition, mesh, batch_size, dtype_bytes, _build)
     plan = _build(spec, strategy, partition, mesh, batch_size, dtype_bytes)
     if mesh.device_memory is not None:
-        worst = max(plan.costs, key=lambda c: c.memory_bytes)
-        if worst.memory_bytes > mesh.device_memory:
-            over = worst.memory_bytes - mesh.device_memory
-            raise PartitionError(f"{strategy}: rank {worst.rank} needs {worst.memory_bytes:,} bytes, "
-                                 f"{over:,} more than mesh.device_memory={mesh.device_memory:,}; "
-                                 "use more devices, a smaller batch_size or partition=auto")
+        _check_memory(spec, plan, partition, mesh)
     return plan
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _check_memory(spec: ModelSpec, plan: Plan, partition: Mapping[str, Any], mesh: Mesh) -> None:
+    """Refuse a plan whose predicted peak overflows ``mesh.device_memory`` on some rank, naming
+    every rank's figure and the smallest device count of the same strategy that fits."""
+    cap = mesh.device_memory
+    assert cap is not None
+    if all(c.memory_bytes <= cap for c in plan.costs):
+        return
+    per_rank = ", ".join(f"rank {c.rank} {_mib(c.memory_bytes)}" for c in plan.costs)
+    fits = None
+    for devices in range(plan.devices + 1, 129):
+        try:
+            bigger = _build(spec, plan.strategy, partition, Mesh(devices, mesh.replicas), plan.batch_size,
+                            plan.dtype_bytes)
+        except PartitionError:
+            continue
+        worst = max(c.memory_bytes for c in bigger.costs)
+        if worst <= cap:
+            fits = f"the smallest mesh that fits is mesh.devices={devices} ({_mib(worst)} per device)"
+            break
+    raise PartitionError(
+        f"{plan.strategy}: the predicted peak per device ({per_rank}) exceeds mesh.device_memory={cap:,} "
+        f"bytes ({_mib(cap)}); {fits or 'no device count up to 128 fits'}; or use a smaller batch_size or "
+        "partition=auto")

@@ -3,9 +3,10 @@
 Per device, for SGD with momentum in float32 (``dtype_bytes``):
 - parameters: the weight rows (and, in reduce mode, input columns) and bias rows of
   its shards; gradients the same; optimizer state one momentum buffer the same.
-- activations kept for backward: the output of every layer it computes, at its own
-  rows of the batch, plus the whole tensors its exchanges assemble (a gathered input,
-  a partial output before its reduce-scatter).
+- activations: everything else it holds at its peak moment of a step (memory.py walks
+  the step as autograd does: the input batch, the tensors each op saves for backward at
+  its own rows, the tensors its exchanges assemble, the gradients in flight), so that
+  parameters + gradients + momentum + activations is the peak the allocator reports.
 - FLOPs: forward FLOPs of its share of each layer, times 3 for forward + backward
   (backward costs about twice the forward: one product for the input gradient, one
   for the weight gradient), times its rows of the batch.
@@ -14,8 +15,7 @@ Per device, for SGD with momentum in float32 (``dtype_bytes``):
 
 from __future__ import annotations
 
-from math import prod
-
+from splitnet.partition.memory import held_bytes
 from splitnet.partition.plan import DeviceCost, Placement, Shard
 from splitnet.spec import Layer, ModelSpec
 
@@ -38,35 +38,29 @@ def local_rows(placement: Placement, batch: int, devices: int) -> int:
 
 
 def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, batch: int,
-                 dtype_bytes: int) -> list[DeviceCost]:
+                 dtype_bytes: int, microbatches: int = 1) -> list[DeviceCost]:
     """DeviceCost per model-parallel rank; ``bytes_in`` is filled in by ``with_bytes_in``."""
     costs = []
     for rank in range(devices):
-        params = act = flops = 0
+        params = flops = 0
+        per_layer: dict[str, int] = {}
         for p in placements:
-            if p.name == "loss" and p.exchange is not None and p.exchange.group_of(rank) is not None:
-                act += batch * prod(spec.layers[-1].out_shape) * dtype_bytes  # the gathered logits
             shard = p.shard(rank)
             if shard is None:  # another rank's layer, or a pseudo-layer (no shards)
                 continue
             layer = spec.layer(p.name)
             rows = local_rows(p, batch, devices)
-            params += shard_params(layer, shard)
-            channels = layer.out_shape[0]
-            spatial = prod(layer.out_shape[1:])
-            width = shard.out[1] - shard.out[0]
-            act += rows * width * spatial * dtype_bytes
+            count = shard_params(layer, shard)
+            params += count
+            per_layer[p.name] = count * dtype_bytes
             if shard.cols is not None:
                 share = (shard.cols[1] - shard.cols[0]) / layer.in_shape[0]
-                act += rows * channels * spatial * dtype_bytes  # the partial output
             else:
-                share = width / channels
-            if p.exchange is not None and p.exchange.mode in ("gather", "batch", "send"):
-                # the assembled (or received) input: the whole tensor, or one tower's part of it
-                act += rows * prod(layer.in_shape) * dtype_bytes // len(p.exchange.groups)
+                share = (shard.out[1] - shard.out[0]) / layer.out_shape[0]
             flops += round(3 * layer.flops * share * rows)
         pbytes = params * dtype_bytes
-        costs.append(DeviceCost(rank, params, pbytes, pbytes, pbytes, act, flops, 0))
+        held = held_bytes(spec, placements, rank, batch, devices, microbatches, dtype_bytes, per_layer)
+        costs.append(DeviceCost(rank, params, pbytes, pbytes, pbytes, held.peak - 3 * pbytes, flops, 0))
     return costs
 
 

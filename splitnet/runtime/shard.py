@@ -2,7 +2,7 @@
 
 Every weight slice is drawn directly from the per-channel random streams (see
 splitnet/seeding.py), so a rank never allocates another rank's rows; a rank that holds
-input columns (reduce mode) draws its rows whole and keeps its columns, one layer at a
+input columns (reduce mode) draws each row whole and keeps its columns, one row at a
 time. Exchanges are wired exactly where the plan puts them, through comm.exchange.
 
 While building, the shard follows which input channels the rank holds at each layer
@@ -73,17 +73,21 @@ class Weightless(nn.Module):
     """relu / lrn / maxpool / flatten / dropout on this rank's channels (LRN: optionally
     after gathering the rest of its tower, keeping only its own channels afterwards)."""
 
-    def __init__(self, fn: nn.Module, pre: Link | None = None, keep: tuple[int, int] | None = None) -> None:
+    def __init__(self, fn: nn.Module, pre: Link | None = None, keep: tuple[int, int] | None = None,
+                 window: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
-        self.fn, self.pre, self.keep = fn, pre, keep
+        self.fn, self.pre, self.keep, self.window = fn, pre, keep, window
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre is not None:
-            x = gather(x, self.pre, 1)
-        y = self.fn(x)
-        if self.keep is not None:
-            y = y[:, self.keep[0]:self.keep[1]]
-        return y
+        if self.pre is None or self.keep is None:
+            return self.fn(x)
+        # Only the own channels and the window's reach on either side go on: a copy, so the
+        # gathered tower is freed at once and backward keeps (own + halo) channels, not the tower.
+        tower = gather(x, self.pre, 1)
+        lo = max(0, self.keep[0] - self.window[0])
+        hi = min(tower.shape[1], self.keep[1] + self.window[1])
+        y = self.fn(tower[:, lo:hi].contiguous())
+        return y[:, self.keep[0] - lo:self.keep[1] - lo]
 
 
 class ShardNet(nn.Module):
@@ -165,7 +169,7 @@ def _weighted(spec: ModelSpec, layer: Layer, shard: Shard, held: tuple[int, int]
     c_in = layer.in_shape[0]
     if shard.cols is not None:  # reduce mode: all output rows, this rank's input columns
         c0, c1 = shard.cols
-        weight = initial_weight(spec, layer, seed)[:, c0:c1].clone()
+        weight = initial_weight(spec, layer, seed, cols=(c0, c1))
         need, groups = (c0, c1), 1
     else:
         weight = initial_weight(spec, layer, seed, range(out0, out1))
@@ -204,7 +208,10 @@ def _weightless(layer: Layer, out: tuple[int, int], held: tuple[int, int], seed:
         if link is not None:  # this tower spans several devices: normalise the whole tower, keep ours
             lrn = GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, 1)
             tower0 = (out[0] // per_group) * per_group
-            return Weightless(lrn, link, (out[0] - tower0, out[1] - tower0)), out
+            # channel c's window is [c - size//2, c + (size-1)//2] (torch's padding); beyond the
+            # tower's edge it reads zeros, as the per-group reference does
+            window = (layer.size // 2, (layer.size - 1) // 2)
+            return Weightless(lrn, link, (out[0] - tower0, out[1] - tower0), window), out
         width = held[1] - held[0]
         if layer.size == 1:  # a window of one channel never crosses a group (the plan has no exchange)
             return Weightless(GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, 1)), held

@@ -25,6 +25,7 @@ from typing import Any
 
 from splitnet.data import DataInfo, data_info
 from splitnet.data.shardset import resolve
+from splitnet.data.subset import subset_size
 from splitnet.errors import SplitnetError
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import Plan
@@ -97,10 +98,13 @@ def check_data(cfg: dict[str, Any], spec: ModelSpec, plan: Plan, info: DataInfo)
                             f"({info.patterns['train']}): each replica reads its own; write smaller shards "
                             "(`splitnet shards ... --per-shard N`) or use fewer replicas")
     need = cfg["batch_size"] * plan.replicas
-    if train.total < need:
-        raise SplitnetError(f"batch_size={cfg['batch_size']}: data {info.name!r} has {train.total} training "
-                            f"samples, fewer than one batch on each of mesh.replicas={plan.replicas} ({need}); "
-                            f"set batch_size <= {train.total // plan.replicas} or use more data")
+    fraction = cfg["data"].get("fraction", 1.0)
+    total = subset_size(train.total, fraction)
+    if total < need:
+        used = f" (data.fraction={fraction} of {train.total})" if fraction < 1 else ""
+        raise SplitnetError(f"batch_size={cfg['batch_size']}: data {info.name!r} has {total} training "
+                            f"samples{used}, fewer than one batch on each of mesh.replicas={plan.replicas} "
+                            f"({need}); set batch_size <= {total // plan.replicas} or use more data")
     if cfg["eval"].get("enabled", True) and "val" not in info.counts:
         raise SplitnetError(f"data.val={info.patterns['val']!r} matches no shards: data {info.name!r} has no "
                             "validation split; write the set with one (`splitnet shards ... --val-fraction "

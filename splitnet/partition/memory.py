@@ -1,0 +1,154 @@
+"""What one rank holds over a training step, and its peak: the cost model's memory.
+
+A pure walk over the plan that follows what torch's autograd keeps (measured with
+``splitnet profile``; the figures below are torch 2.x's CPU and CUDA kernels):
+
+- held all step: parameters, momentum, the replica's input batch (float images and
+  int64 labels: every rank of a model-parallel group is handed the whole batch);
+- saved in forward, per layer, at this rank's rows: conv and linear keep their input
+  (the tensor their exchange assembled, when there is one); ReLU keeps its output;
+  LRN keeps its input, two more tensors of that size and the channel-padded square
+  (``F.local_response_norm``); max-pool keeps its input and int64 indices of its
+  output; dropout keeps a one-byte mask of its slice; flatten keeps nothing. A tensor
+  two ops keep is counted once. An LRN whose tower spans devices keeps only its own
+  channels and the window's reach beyond them (runtime/shard.py copies them out of
+  the gathered tower). The loss keeps the log-softmax of the (gathered) logits.
+- backward, layer by layer from the last: the parameter gradients made so far, the
+  layer's output gradient, its input gradient (for an exchange, the assembled tensor's
+  gradient and its reduce-scatter copy), while the saved tensors of the later layers
+  are already released;
+- the optimizer step: gradients complete, plus weight decay's copy of the largest
+  parameter tensor; gradient sums over buckets: one flat copy of the summed gradients.
+
+The peak is the largest of those moments. A pipeline stage keeps every micro-batch's
+saved tensors until backward starts (together, the whole batch); its first backward
+runs on one micro-batch while the others' saved tensors still wait, so that is where
+its peak lies. A stage that sends on also keeps its outputs for that backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from splitnet.partition.plan import Placement, Shard
+from splitnet.spec import Layer, ModelSpec
+
+INDEX_BYTES = 8  # max-pool indices and class labels are int64
+MASK_BYTES = 1   # a dropout mask is bool
+# Temporaries an op's backward makes beyond its input and output gradients, in units of
+# its output (LRN's backward runs the chain of pow, div and the padded average pool).
+BACKWARD_TEMP = {"lrn": 3}
+
+
+@dataclass(frozen=True)
+class Held:
+    """A rank's predicted bytes at its peak, by kind (parameters, gradients and momentum
+    are the shard's; ``peak`` is what the allocator will report at most)."""
+
+    input: int
+    saved: int
+    peak: int
+    peak_at: str  # "backward of <layer>", or "optimizer step"
+
+
+def _width(shard: Shard) -> int:
+    return shard.out[1] - shard.out[0]
+
+
+def _talks(p: Placement, rank: int) -> bool:
+    ex = p.exchange
+    return ex is not None and (group := ex.group_of(rank)) is not None and len(group) > 1
+
+
+def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: int, devices: int,
+               microbatches: int, dtype_bytes: int, param_bytes: dict[str, int]) -> Held:
+    """Predicted input, saved-for-backward and peak bytes of model-parallel rank ``rank``.
+
+    ``param_bytes[layer]``: the bytes of that layer's parameters on this rank."""
+    b = dtype_bytes
+    input_bytes = batch * prod(spec.input_shape) * b + batch * INDEX_BYTES
+    mine = [p for p in placements if p.shard(rank) is not None]
+    names = {p.name for p in placements}
+    saved: list[int] = []       # per layer, what its backward releases
+    grads_in: list[int] = []    # per layer, its input gradient (and exchange copies) in backward
+    grads_out: list[int] = []
+    prev, prev_kept = input_bytes, True  # the tensor the next layer reads, and whether it is counted
+    first, received = True, 0
+    for p in mine:
+        layer: Layer = spec.layer(p.name)
+        shard: Shard = p.shard(rank)  # type: ignore[assignment]
+        rows = batch // devices if p.batch_split else batch
+        spatial = prod(layer.out_shape[1:])
+        width = _width(shard)
+        out = rows * width * spatial * b
+        keep = 0
+        grad_in = prev
+        if first and p.exchange is not None and p.exchange.mode == "send" and _talks(p, rank):
+            received = batch * prod(layer.in_shape) * b  # every micro-batch's input, kept for backward
+            prev, prev_kept = received, True
+        first = False
+        assembled = 0
+        if _talks(p, rank) and p.exchange is not None and p.exchange.mode in ("gather", "batch"):
+            k = len(p.exchange.groups)
+            whole_rows = batch if p.exchange.mode == "batch" else rows
+            assembled = whole_rows * prod(layer.in_shape) * b // k
+            grad_in = 2 * assembled + prev
+        if layer.op == "lrn":
+            if assembled:  # own channels plus the window's reach, copied out of the tower
+                per_group = layer.in_shape[0] // layer.groups
+                tower0 = shard.out[0] // per_group * per_group
+                left = min(layer.size // 2, shard.out[0] - tower0)
+                right = min((layer.size - 1) // 2, tower0 + per_group - shard.out[1])
+                channels = width + left + right
+                x = rows * channels * spatial * b
+                keep += x + 2 * x + x * (channels + layer.size - 1) // channels
+                out = x
+            else:
+                per_group = layer.in_shape[0] // layer.groups
+                keep += (0 if prev_kept else prev) + 2 * out + out * (per_group + layer.size - 1) // per_group
+            prev_kept = False  # LRN keeps its input, not the quotient it returns
+        elif layer.weighted:
+            keep += assembled if assembled else (0 if prev_kept else prev)
+            prev_kept = False
+        elif layer.op == "relu":
+            keep += out
+            prev_kept = True
+        elif layer.op == "maxpool":
+            keep += (0 if prev_kept else prev) + rows * width * spatial * INDEX_BYTES
+            prev_kept = False
+        elif layer.op == "dropout":
+            keep += rows * width * spatial * MASK_BYTES
+            prev_kept = False
+        elif layer.op == "flatten":
+            out = prev
+        saved.append(keep)
+        grads_in.append(grad_in)
+        grads_out.append(out)
+        prev = out
+    # the whole logits and their log-softmax, on every rank that computes the loss
+    last = spec.layers[-1].name
+    computes_loss = any(p.name == last and (p.shard(rank) is not None) for p in placements)
+    forward = sum(saved) + (2 * batch * prod(spec.layers[-1].out_shape) * b if computes_loss else 0)
+    # backward: one micro-batch's gradients at a time on a pipeline stage
+    share = microbatches
+    # a pipeline stage that sends on keeps every micro-batch's output for its backward, and
+    # receives one output gradient at a time
+    sends = any(p.exchange is not None and p.exchange.mode == "send" and p.exchange.groups[0][0] == rank
+                for p in placements)
+    handed_on = prev if sends else 0
+    params = sum(param_bytes.values())
+    fixed = 2 * params + input_bytes + received + handed_on  # parameters, momentum, the batch
+    live, grads = forward, 0
+    best = (fixed + forward, "end of forward")
+    for p, keep, g_in, g_out in zip(reversed(mine), reversed(saved), reversed(grads_in), reversed(grads_out),
+                                    strict=True):
+        grads += param_bytes.get(p.name, 0)
+        temp = (g_in + g_out + BACKWARD_TEMP.get(p.op, 0) * g_out + handed_on) // share
+        best = max(best, (fixed + live + grads + temp, f"backward of {p.name}"))
+        live -= keep // share  # the first micro-batch's backward releases its share only
+    largest = max((param_bytes.get(p.name, 0) for p in mine), default=0)
+    buckets = params if "replicas" in names else 0
+    buckets += sum(param_bytes.get(p.name, 0) for p in mine if p.batch_split) if "conv_grads" in names else 0
+    best = max(best, (fixed + params + max(largest, buckets), "optimizer step"))
+    return Held(input_bytes, forward, *best)
