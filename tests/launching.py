@@ -3,14 +3,17 @@ and the means to find and kill one rank's process."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -79,9 +82,38 @@ def kill_after_first_checkpoint(run_dir: Path, pid_of: Callable[[], int | None],
     raise AssertionError(f"no checkpoint and rank process to kill in {run_dir} within {timeout_s}s")
 
 
+@contextlib.contextmanager
+def loopback_rendezvous(run_id: str) -> Iterator[list[str]]:
+    """torchrun arguments for a c10d rendezvous on a store this test process serves on 127.0.0.1.
+
+    torchrun's agent would host the rendezvous store itself, on every interface (TCPStore's
+    server takes a port, not an address); with the store already served here, bound to
+    loopback, every agent joins it as a client (``is_host=false``).
+    """
+    import torch.distributed as dist
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    # the store owns the listening socket from here on, and closes it when it is dropped
+    store = dist.TCPStore("127.0.0.1", port, None, True, timedelta(seconds=300), wait_for_workers=False,
+                          master_listen_fd=listener.detach())
+    try:
+        yield ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-conf=is_host=false",
+               f"--rdzv-id={run_id}", "--local-addr=127.0.0.1"]
+    finally:
+        del store
+
+
 def start_torchrun(torchrun_args: list[str], cwd: Path, log: Path, *overrides: str) -> subprocess.Popen:
-    """``torchrun ARGS -m splitnet train launcher=torchrun JOB OVERRIDES`` in the background, output to ``log``."""
+    """``torchrun ARGS -m splitnet train launcher=torchrun JOB OVERRIDES`` in the background, output to ``log``.
+
+    The agent serves no store of its own for the workers (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE``):
+    rank 0 serves it, on 127.0.0.1 because ``--local-addr`` makes that the master address."""
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo",  # else gloo binds the interface of the machine's hostname
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with log.open("w") as out:
         return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *torchrun_args, "-m", "splitnet",

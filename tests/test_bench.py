@@ -89,3 +89,4 @@ def test_every_suite_runs_in_smoke_mode_and_moves_exactly_the_bytes_it_must(tmp_
         rows = {"throughput": names, "bytes": names, "data": data["rows"]}[suite]
         assert table.count("\n| ") == 2 + len(rows)  # the header, the rule, a line per row
         assert (tmp_path / f"{suite}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "images/s" not in (tmp_path / "bytes.md").read_text()  # a bytes table shows bytes, not rates

@@ -20,6 +20,7 @@ from tests.launching import (
     assert_bitwise_equal,
     final_params,
     kill_after_first_checkpoint,
+    loopback_rendezvous,
     simulate_params,
     start_torchrun,
 )
@@ -40,8 +41,9 @@ def cluster():
     common = {"node_ip_address": "127.0.0.1", "temp_dir": temp, "object_store_memory": 80 * 1024**2}
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_TMPDIR", temp)  # where Ray notes the cluster's address, instead of /tmp/ray
-        nodes = Cluster(initialize_head=True, head_node_args={**common, "num_cpus": 3, "include_dashboard": False})
+        nodes = Cluster()
         try:
+            nodes.add_node(**common, num_cpus=3, include_dashboard=False)  # the first node is the head
             names = {nodes.head_node.node_id: "a", nodes.add_node(**common, num_cpus=2).node_id: "b"}
             ray.init(address=nodes.address, log_to_driver=True)
             yield names
@@ -117,14 +119,13 @@ def test_an_address_no_cluster_answers_is_one_line(cluster, tmp_path, scheme):
 @pytest.mark.timeout(600)
 def test_simulate_torchrun_on_two_nodes_and_ray_end_bitwise_equal(cluster, tmp_path):
     want = simulate_params()
-    port = free_port()
-    nodes = [start_torchrun(["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-                             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=twonodes", "--max-restarts=0"],
-                            tmp_path, tmp_path / f"node{n}.txt") for n in range(2)]
-    try:
-        out = train(tmp_path / "ray", *JOB, "launcher=ray")
-    finally:
-        codes = [p.wait(timeout=240) for p in nodes]
+    with loopback_rendezvous("twonodes") as rendezvous:
+        nodes = [start_torchrun(["--nnodes=2", "--nproc-per-node=1", *rendezvous, "--max-restarts=0"],
+                                tmp_path, tmp_path / f"node{n}.txt") for n in range(2)]
+        try:
+            out = train(tmp_path / "ray", *JOB, "launcher=ray")
+        finally:
+            codes = [p.wait(timeout=240) for p in nodes]
     outputs = [(tmp_path / f"node{n}.txt").read_text() for n in range(2)]
     assert codes == [0, 0], outputs
 

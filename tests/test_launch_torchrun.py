@@ -13,6 +13,7 @@ from tests.launching import (
     assert_bitwise_equal,
     final_params,
     kill_after_first_checkpoint,
+    loopback_rendezvous,
     rank_pid,
     simulate_params,
     start_torchrun,
@@ -23,11 +24,12 @@ from tests.training import config
 @pytest.mark.timeout(600)
 def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equal(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start_torchrun(["--standalone", "--nproc-per-node=2", "--max-restarts=1"], tmp_path,
-                          tmp_path / "out.txt", f"train.run_dir={run_dir}")
-    killed_at = kill_after_first_checkpoint(run_dir, lambda: rank_pid(str(run_dir), 1),
-                                            lambda: proc.poll() is None)
-    assert proc.wait(timeout=180) == 0, (tmp_path / "out.txt").read_text()
+    with loopback_rendezvous("restart") as rendezvous:
+        proc = start_torchrun([*rendezvous, "--nproc-per-node=2", "--max-restarts=1"], tmp_path,
+                              tmp_path / "out.txt", f"train.run_dir={run_dir}")
+        killed_at = kill_after_first_checkpoint(run_dir, lambda: rank_pid(str(run_dir), 1),
+                                                lambda: proc.poll() is None)
+        assert proc.wait(timeout=180) == 0, (tmp_path / "out.txt").read_text()
     resumed = [line for line in (run_dir / "logs" / "rank1.log").read_text().splitlines() if "resumed from" in line]
     assert len(resumed) == 1
     step = int(resumed[0].split(" at step ")[1].split()[0])

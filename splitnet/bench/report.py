@@ -30,7 +30,6 @@ COLUMNS = [
 
 def _cells(row: dict[str, Any], rate: str) -> dict[str, Any]:
     cells = dict(row)
-    cells["images_per_s"] = row.get(rate)
     if row.get(f"{rate}_min") is not None:
         cells["range"] = f"{row[f'{rate}_min']:,.1f} - {row[f'{rate}_max']:,.1f}"
     if row.get("ratio_min") is not None:

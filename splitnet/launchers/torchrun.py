@@ -17,6 +17,7 @@ rank is its own Hydra app. What this module promises:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from typing import Any
 from splitnet.errors import SplitnetError
 from splitnet.launchers.placement import spanning_replicas
 from splitnet.launchers.recovery import resumed
+from splitnet.launchers.simulate import loopback_store
 
 Job = Callable[[int, int, dict[str, Any]], Any]
 
@@ -103,6 +105,13 @@ def this_rank() -> int:
     return torchrun_env()["rank"]
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _store(env: dict[str, int], timeout: timedelta) -> Any:
     """The job's key-value store, seen through a prefix of its own for this restart.
 
@@ -112,8 +121,11 @@ def _store(env: dict[str, int], timeout: timedelta) -> Any:
     import torch.distributed as dist
 
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 serves it
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env["world_size"],
-                          not agent and env["rank"] == 0, timeout)
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    if not agent and _is_loopback(host):  # a job on one machine keeps its store off the network
+        store = loopback_store(port, env["rank"], env["world_size"], timeout.total_seconds())
+    else:
+        store = dist.TCPStore(host, port, env["world_size"], not agent and env["rank"] == 0, timeout)
     return dist.PrefixStore(f"splitnet/attempt{env['restart_count']}/", store)
 
 
