@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from splitnet.errors import SplitnetError
+from splitnet.launchers.backend import choose_backend
 from splitnet.launchers.placement import describe_resources, replica_strategy
 from splitnet.launchers.recovery import resumed
 from splitnet.launchers.simulate import WorkerFailed, loopback_store
@@ -104,15 +105,6 @@ def _use_gpu(launcher: dict[str, Any]) -> bool:
     return bool(wanted)
 
 
-def _backend(requested: str, gpu: bool) -> str:
-    if requested == "auto":
-        return "nccl" if gpu else "gloo"
-    if requested == "nccl" and not gpu:
-        raise RayLaunchError("comm.backend=nccl needs GPU ranks; set launcher.use_gpu=true on a cluster "
-                             "with GPUs, or comm.backend=gloo")
-    return requested
-
-
 class Rank:
     """One rank (a Ray actor): reports where it runs, then joins the process group and runs the job."""
 
@@ -176,7 +168,8 @@ def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[A
     devices = cfg["mesh"]["devices"]
     replicas = world // devices
     gpu = _use_gpu(launcher)
-    backend = _backend(cfg["comm"].get("backend", "auto"), gpu)
+    backend = choose_backend(cfg["comm"].get("backend", "auto"), gpu, "needs GPU ranks; set launcher.use_gpu=true "
+                             "on a cluster with GPUs, or comm.backend=gloo", RayLaunchError)
     bundle = {"CPU": float(launcher["cpus_per_worker"]), **({"GPU": 1.0} if gpu else {})}
     strategy = replica_strategy(bundle, devices, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
     if strategy != "STRICT_PACK":

@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from splitnet.errors import SplitnetError
+from splitnet.launchers.backend import choose_backend
 from splitnet.launchers.placement import spanning_replicas
 from splitnet.launchers.recovery import resumed
 from splitnet.launchers.simulate import loopback_store
@@ -91,14 +92,8 @@ def adapt_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def backend(requested: str, cuda: bool) -> str:
-    if requested == "auto":
-        return "nccl" if cuda else "gloo"
-    if requested == "nccl" and not cuda:
-        raise TorchrunError("comm.backend=nccl but this process sees no CUDA device; use comm.backend=gloo "
-                            "(or auto) on CPU machines")
-    if requested not in ("nccl", "gloo"):
-        raise TorchrunError(f"comm.backend={requested!r}; valid: auto, nccl, gloo")
-    return requested
+    return choose_backend(requested, cuda, "but this process sees no CUDA device; use comm.backend=gloo "
+                          "(or auto) on CPU machines", TorchrunError)
 
 
 def this_rank() -> int:
