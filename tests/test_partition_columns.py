@@ -163,10 +163,11 @@ def test_four_devices_two_towers(alexnet):
         assert ex[name].groups == towers, name
     for name in ("conv3", "fc6", "fc7", "fc8", "loss"):
         assert ex[name].groups == ((0, 1, 2, 3),), name
-    # within a tower (2 devices): half of one tower's input
-    assert ex["norm1"].bytes_fwd == 48 * 55 * 55 * F * B // 2
+    # within a tower (2 devices): half of one tower's input; an LRN only the 2 channels its
+    # window reads across the cut, forward and (their gradients, sent back) backward
+    assert ex["norm1"].bytes_fwd == ex["norm1"].bytes_bwd == 2 * 55 * 55 * F * B
     assert ex["conv2"].bytes_fwd == 48 * 27 * 27 * F * B // 2
-    assert ex["norm2"].bytes_fwd == 128 * 27 * 27 * F * B // 2
+    assert ex["norm2"].bytes_fwd == 2 * 27 * 27 * F * B
     assert ex["conv4"].bytes_fwd == ex["conv5"].bytes_fwd == 192 * 13 * 13 * F * B // 2
     # across all four: 3/4 of the whole input
     assert ex["conv3"].bytes_fwd == Fraction(3, 4) * POOL2 * F * B
@@ -238,11 +239,23 @@ def test_cuts_fall_on_tower_boundaries_where_they_can(alexnet_small):
     # fc8: 10 outputs in 2 towers of 5 over 4 devices: 2 + 3 | 2 + 3, the middle cut on the tower edge
     plan = plan_of(alexnet_small, devices=4)
     assert [s.out for s in plan.placement("fc8").shards] == [(0, 2), (2, 5), (5, 7), (7, 10)]
-    # 6 devices: conv1's 32 channels as 5, 5, 6 | 5, 5, 6; each tower gathers among its own 3 devices
+    # 6 devices: conv1's 32 channels as 5, 5, 6 | 5, 5, 6; conv2 gathers within each tower
     plan = plan_of(alexnet_small, devices=6)
     assert [s.out[1] - s.out[0] for s in plan.placement("conv1").shards] == [5, 5, 6, 5, 5, 6]
-    norm1 = plan.placement("norm1").exchange
-    assert norm1.groups == ((0, 1, 2), (3, 4, 5)) and norm1.parts == ((5, 5, 6), (5, 5, 6))
+    conv2 = plan.placement("conv2").exchange
+    assert conv2.groups == ((0, 1, 2), (3, 4, 5)) and conv2.parts == ((5, 5, 6), (5, 5, 6))
+
+
+def test_lrn_across_a_device_edge_takes_only_its_windows_reach_from_the_neighbours(alexnet_small):
+    # 6 devices: norm1's towers 0..16 and 16..32 each over 3 devices (5, 5, 6 channels); a
+    # window of 5 reads 2 channels each side, never across the tower edge at 16
+    norm1 = plan_of(alexnet_small, devices=6).placement("norm1").exchange
+    assert (norm1.mode, norm1.collective, norm1.backward) == ("halo", "send", "send")
+    assert norm1.groups == ((0, 1), (1, 2), (3, 4), (4, 5))
+    channel = B * 32 * 32 * F  # one channel of conv1's 32x32 output, for the batch
+    received = [norm1.received(r) for r in range(6)]
+    # device 0 receives 5..7, device 1 3..5 and 10..12, device 2 8..10; backward returns as much
+    assert received == [(2 * channel, 2 * channel), (4 * channel, 4 * channel), (2 * channel, 2 * channel)] * 2
 
 
 def test_a_device_across_a_tower_edge_gathers_from_both_towers(alexnet_small):
@@ -257,6 +270,24 @@ def test_a_device_across_a_tower_edge_gathers_from_both_towers(alexnet_small):
     # conv3 reads every channel: 21 | 21 | 22 of pool2's 7x7 map
     conv3 = plan_of(alexnet_small, devices=3, exchange="gather").placement("conv3").exchange
     assert conv3.parts == ((21, 21, 22),) and conv3.bytes_fwd == 2 * 22 * 7 * 7 * B * F
+
+
+def test_a_group_layer_sums_partial_outputs_within_a_tower_when_that_moves_less(alexnet):
+    # 4 devices, 2 per tower. conv5 reads 192 channels per tower and writes 128 (13x13):
+    # gathering the tower's input moves 96 channels into each device, summing partial outputs 64
+    plan = plan_of(alexnet, devices=4, exchange="auto")
+    conv5 = plan.placement("conv5")
+    assert conv5.exchange.mode == "reduce" and conv5.exchange.groups == ((0, 1), (2, 3))
+    assert conv5.exchange.bytes_fwd == conv5.exchange.bytes_bwd == 64 * 13 * 13 * B * F
+    assert [(s.out, s.cols, s.rows) for s in conv5.shards] == [
+        ((0, 64), (0, 96), (0, 128)), ((64, 128), (96, 192), (0, 128)),
+        ((128, 192), (0, 96), (128, 256)), ((192, 256), (96, 192), (128, 256))]
+    held = sum(c.param_count for c in plan.costs) - sum(
+        c.param_count for c in plan_of(alexnet, devices=4, exchange="gather").costs)
+    assert held == 0  # the same weights, cut the other way: every rank 128 x 96 x 3 x 3 + 64
+    # conv2 widens its towers (48 -> 128 channels at 27x27): gathering stays cheaper
+    assert plan.placement("conv2").exchange.mode == "gather"
+    assert plan_of(alexnet, devices=4, exchange="reduce").placement("conv2").exchange.mode == "reduce"
 
 
 def test_reduce_mode_columns_are_the_inputs_a_device_holds(alexnet_small):

@@ -16,7 +16,10 @@ from splitnet.verify import run_verify
 from tests.splitting import alexnet_small_12, assert_equivalent, plan_of, random_spec, verify_cfg
 
 # (config, exchange points the case must have, with their modes: the case is what its id says)
-GATHER4 = dict.fromkeys(("norm1", "conv2", "norm2", "conv3", "conv4", "conv5"), "gather")
+GATHER4 = {**dict.fromkeys(("norm1", "norm2"), "halo"),
+           **dict.fromkeys(("conv2", "conv3", "conv4", "conv5"), "gather")}
+# auto: conv5 narrows its towers (48 -> 32 channels), so summing partial outputs moves fewer bytes
+AUTO4 = {**GATHER4, "conv5": "reduce"}
 CASES = [
     pytest.param(verify_cfg(devices=1), {}, id="columns-D1"),
     pytest.param(verify_cfg(devices=2, exchange="gather"),
@@ -25,7 +28,10 @@ CASES = [
     pytest.param(verify_cfg(devices=2, exchange="reduce"),
                  {"conv3": "reduce", "fc6": "reduce", "fc7": "reduce", "fc8": "reduce"}, id="columns-D2-reduce"),
     # D=4: each tower spans 2 devices, so LRN and the group convs gather within a tower
-    pytest.param(verify_cfg(alexnet_small_12(), devices=4), GATHER4, id="columns-D4-towers-over-2"),
+    pytest.param(verify_cfg(alexnet_small_12(), devices=4), AUTO4, id="columns-D4-towers-over-2"),
+    pytest.param(verify_cfg(alexnet_small_12(), devices=4, exchange="reduce"),
+                 {"norm1": "halo", "conv2": "reduce", "conv3": "reduce", "conv4": "reduce", "conv5": "reduce"},
+                 id="columns-D4-partial-sums-within-towers"),
     pytest.param(verify_cfg(partition="pipeline", devices=2, microbatches=1), {}, id="pipeline-D2-M1"),
     pytest.param(verify_cfg(partition="pipeline", devices=2, microbatches=4), {}, id="pipeline-D2-M4"),
     pytest.param(verify_cfg(partition="pipeline", devices=3, microbatches=1), {}, id="pipeline-D3-M1"),
@@ -35,14 +41,14 @@ CASES = [
     pytest.param(verify_cfg(devices=2, replicas=2, exchange="reduce"),
                  {"conv3": "reduce", "fc8": "reduce", "replicas": "grads"}, id="replicas2-x-D2-reduce"),
     # Uneven shards: widths the device count does not divide. D=3: device 1 holds the end of
-    # tower 0 and the start of tower 1, so LRN and the group convs gather over all three.
+    # tower 0 and the start of tower 1, so the group convs gather over all three.
     pytest.param(verify_cfg(devices=3, exchange="reduce"),
-                 {"norm1": "gather", "conv2": "gather", "conv4": "gather", "fc6": "reduce", "fc8": "reduce"},
+                 {"norm1": "halo", "conv2": "gather", "conv4": "gather", "fc6": "reduce", "fc8": "reduce"},
                  id="uneven-columns-D3-reduce"),
     # D=4: the towers split evenly except fc8's 10 outputs (2, 3 | 2, 3), gathered for the loss
     pytest.param(verify_cfg(devices=4, exchange="gather"), {**GATHER4, "fc8": "gather", "loss": "logits"},
                  id="uneven-columns-D4-gather"),
-    pytest.param(verify_cfg(devices=5, exchange="auto"), {"norm1": "gather", "conv3": "gather"},
+    pytest.param(verify_cfg(devices=5, exchange="auto"), {"norm1": "halo", "conv3": "gather"},
                  id="uneven-columns-D5-auto"),
     # 7 samples over 3 devices: 2, 2, 3 rows each for the replicated convs
     pytest.param(verify_cfg(partition="hybrid", devices=3, batch=7, exchange="gather"),

@@ -23,6 +23,7 @@ PLANS = {
     "columns-D2-gather": (SMALL, {"strategy": "columns", "exchange": "gather"}, Mesh(2)),
     "columns-D2-reduce": (SMALL, {"strategy": "columns", "exchange": "reduce"}, Mesh(2)),
     "columns-D4": (SMALL_12, {"strategy": "columns", "exchange": "auto"}, Mesh(4)),
+    "columns-D4-reduce": (SMALL_12, {"strategy": "columns", "exchange": "reduce"}, Mesh(4)),
     "pipeline-D3": (SMALL, {"strategy": "pipeline", "microbatches": 4}, Mesh(3)),
     "hybrid-D2-gather": (SMALL, {"strategy": "hybrid", "exchange": "gather"}, Mesh(2)),
     "hybrid-D2-reduce": (SMALL, {"strategy": "hybrid", "exchange": "reduce"}, Mesh(2)),
@@ -114,11 +115,8 @@ def test_state_moves_between_meshes():
 @pytest.mark.parametrize(("first", "second"), [("columns-D2-gather", "uneven-columns-D3-reduce"),
                                                ("uneven-columns-D5-gather", "columns-D4")])
 def test_state_reshards_between_even_and_uneven_meshes(first, second):
-    spec, a = _plan(first)
-    _, b = _plan(second)
-    if spec is not SMALL:  # columns-D4 is alexnet_small with 12 outputs: start from its shapes
-        spec = SMALL_12
-        a = make_plan(spec, PLANS[first][1], PLANS[first][2], 8)
+    spec, b = _plan(second)  # columns-D4 is alexnet_small with 12 outputs: both plans on its spec
+    a = make_plan(spec, PLANS[first][1], PLANS[first][2], 8)
     gen = torch.Generator().manual_seed(3)
     state = {k: torch.randn(v.shape, generator=gen) for k, v in build_reference(spec, 0).state_dict().items()}
     on_a = [split_state(a, state, r) for r in range(a.devices)]

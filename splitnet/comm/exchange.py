@@ -9,6 +9,8 @@ Each forward collective is paired with the backward that makes the gradient exac
 |                 |                               | the same, so its gradient already is)  |
 | reduce_scatter  | reduce-scatter partial sums   | all-gather the output gradient         |
 | all_reduce      | all-reduce partial sums       | identity (same reasoning as logits)    |
+| halo            | receive neighbours' edge      | send the halo's gradient back; add the |
+|                 | channels, point to point      | gradients of the edges sent            |
 
 plus point-to-point activation/gradient transfer for pipeline stages (and, in
 comm/buckets.py, the gradient all-reduce for replicated weights). Layers call these through a ``Link`` bound to one
@@ -86,6 +88,63 @@ class _AllReduce(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         return grad, None
+
+
+@dataclass(frozen=True)
+class Halo:
+    """One LRN's halo exchange, from this rank's side: the channels it holds (``own``), the
+    slices other ranks read from it (``sends``: (rank, channels)) and those it reads from
+    them (``recvs``), every range in the layer's channel numbering. ``tag`` keeps this
+    layer's messages apart from any other's between the same two ranks."""
+
+    transport: Transport
+    layer: str
+    own: tuple[int, int]
+    sends: tuple[tuple[int, tuple[int, int]], ...]
+    recvs: tuple[tuple[int, tuple[int, int]], ...]
+    tag: int
+
+
+def _halo_swap(t: Transport, outgoing: list[tuple[int, torch.Tensor]], incoming: list[tuple[int, tuple[int, ...]]],
+               tag: int, layer: str, direction: str) -> list[torch.Tensor]:
+    """Start every send, then receive each incoming slice (every rank sends before it waits,
+    so no pair can block the other), then wait for the sends."""
+    works = [t.send(x, dst, tag) for dst, x in outgoing]
+    got = [t.recv(shape, src, tag, layer, direction) for src, shape in incoming]
+    for work in works:
+        t.wait(work, layer, "send")
+    return got
+
+
+class _Halo(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, halo: Halo) -> torch.Tensor:
+        ctx.halo = halo
+        o0 = halo.own[0]
+        outgoing = [(dst, x[:, a - o0:b - o0]) for dst, (a, b) in halo.sends]
+        incoming = [(src, (x.shape[0], b - a, *x.shape[2:])) for src, (a, b) in halo.recvs]
+        got = _halo_swap(halo.transport, outgoing, incoming, 2 * halo.tag, halo.layer, "fwd")
+        left = [g for g, (_, (a, _b)) in zip(got, halo.recvs, strict=True) if a < o0]
+        right = [g for g, (_, (a, _b)) in zip(got, halo.recvs, strict=True) if a >= halo.own[1]]
+        return torch.cat([*left, x, *right], dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        halo: Halo = ctx.halo
+        o0, o1 = halo.own
+        lo = min([o0, *(a for _, (a, _b) in halo.recvs)])
+        outgoing = [(src, grad[:, a - lo:b - lo]) for src, (a, b) in halo.recvs]
+        incoming = [(dst, (grad.shape[0], b - a, *grad.shape[2:])) for dst, (a, b) in halo.sends]
+        got = _halo_swap(halo.transport, outgoing, incoming, 2 * halo.tag + 1, halo.layer, "bwd")
+        own = grad[:, o0 - lo:o1 - lo].clone()
+        for g, (_, (a, b)) in zip(got, halo.sends, strict=True):
+            own[:, a - o0:b - o0] += g
+        return own, None
+
+
+def halo(x: torch.Tensor, exchange: Halo) -> torch.Tensor:
+    """``x`` (this rank's channels) widened by the neighbours' channels its window reads."""
+    return _Halo.apply(x, exchange)
 
 
 def gather(x: torch.Tensor, link: Link, dim: int = 1) -> torch.Tensor:

@@ -12,10 +12,17 @@ it does not hold:
   backward reduce-scatters its gradient) or ``reduce`` (each device applies the input
   columns it holds; the partial outputs are reduce-scattered, or all-reduced for the last
   layer, whose logits the loss needs whole);
-- a ``connect: group`` layer whose towers' inputs lie partly on other devices, or an LRN
-  whose window reaches across a device boundary inside a tower: a gather among the
+- an LRN whose window reaches across a device boundary inside a tower: a ``halo``, point
+  to point: each device receives from its neighbours the few channels its window reads
+  (``size // 2`` on each side), and in backward sends their gradients back;
+- a ``connect: group`` layer whose towers' inputs lie partly on other devices: a gather among the
   devices that need each other's channels (the devices of one tower, when a tower spans
-  several), found as the connected sets of "needs a channel held by";
+  several), found as the connected sets of "needs a channel held by". Where each such set
+  is exactly one tower's devices, a group layer may instead sum partial outputs within
+  the tower (``reduce``: each device applies its tower's weight rows at the input columns
+  it holds; reduce-scatter forward, all-gather backward), chosen per layer like a
+  connecting layer's mode: ``auto`` takes the fewer bytes (alexnet over 4 devices: conv5,
+  whose 192 input channels per tower become 128);
 - the loss, if the last layer's output is sharded: the logits are all-gathered (every
   device then computes the same loss, so the backward needs no exchange).
 
@@ -110,6 +117,66 @@ def parted(mode: str, collective: str, backward: str, groups: tuple[tuple[int, .
     return Exchange(mode, collective, backward, groups, per_group[0], bwd[0], per_rank, parts)
 
 
+def _tower_of_each(layer: Layer, held: Sequence[Range], outs: Sequence[Range],
+                   groups: tuple[tuple[int, ...], ...]) -> dict[int, int] | None:
+    """rank -> tower, when every gather group holds exactly one tower's input channels and
+    computes exactly that tower's outputs (a tower spread over several devices); else None."""
+    per_out, per_in = layer.out // layer.groups, layer.in_shape[0] // layer.groups
+    tower: dict[int, int] = {}
+    for g in groups:
+        t = outs[g[0]][0] // per_out
+        if (held[g[0]][0], held[g[-1]][1]) != (t * per_in, (t + 1) * per_in) or \
+                (outs[g[0]][0], outs[g[-1]][1]) != (t * per_out, (t + 1) * per_out):
+            return None
+        tower.update(dict.fromkeys(g, t))
+    return tower
+
+
+def _tower_columns(layer: Layer, held: Sequence[Range], outs: Sequence[Range],
+                   tower: dict[int, int]) -> tuple[Shard, ...]:
+    """Reduce mode inside towers: a rank holds its tower's weight rows, at the columns of the
+    input channels it holds (counted from the tower's first input channel); a rank outside
+    every group keeps its own rows."""
+    per_out, per_in = layer.out // layer.groups, layer.in_shape[0] // layer.groups
+    shards = []
+    for r, (out, (a, b)) in enumerate(zip(outs, held, strict=True)):
+        if r not in tower:
+            shards.append(Shard(r, out))
+            continue
+        t = tower[r]
+        shards.append(Shard(r, out, (a - t * per_in, b - t * per_in), (t * per_out, (t + 1) * per_out)))
+    return tuple(shards)
+
+
+def halo_moves(layer: Layer, held: Sequence[Range]) -> tuple[tuple[int, int, Range], ...]:
+    """(from, to, channels): every slice an LRN's device reads from another device's channels
+    (its window's reach beyond its own, inside the tower), in (to, from) order."""
+    moves = []
+    for dst, own in enumerate(held):
+        lo, hi = lrn_reach(layer, own)
+        for src, (a, b) in enumerate(held):
+            if src != dst and max(lo, a) < min(hi, b):
+                moves.append((src, dst, (max(lo, a), min(hi, b))))
+    return tuple(moves)
+
+
+def _halo(moves: Sequence[tuple[int, int, Range]], unit_bytes: int) -> Exchange | None:
+    """Point-to-point halo transfers: forward each device receives its halo channels, backward
+    the gradients of the channels it sent. ``groups``: the pairs that talk."""
+    if not moves:
+        return None
+    fwd: dict[int, int] = {}
+    bwd: dict[int, int] = {}
+    for src, dst, (a, b) in moves:
+        fwd[dst] = fwd.get(dst, 0) + (b - a) * unit_bytes
+        bwd[src] = bwd.get(src, 0) + (b - a) * unit_bytes
+    ranks = sorted(set(fwd) | set(bwd))
+    per_rank = tuple((r, Fraction(fwd.get(r, 0)), Fraction(bwd.get(r, 0))) for r in ranks)
+    pairs = tuple(sorted({(min(s, d), max(s, d)) for s, d, _ in moves}))
+    return Exchange("halo", "send", "send", pairs, max(f for _, f, _ in per_rank), max(b for _, _, b in per_rank),
+                    per_rank)
+
+
 def _widths(ranges: Sequence[Range], group: Sequence[int]) -> tuple[int, ...]:
     return tuple(ranges[r][1] - ranges[r][0] for r in group)
 
@@ -171,12 +238,20 @@ def shard_columns(spec: ModelSpec, layers: Sequence[Layer], devices: int, exchan
             elif held is not None and layer.connect == "group":
                 groups = gather_groups(held, [group_need(layer, o) for o in outs])
                 ex = _gather(held, groups, unit_in) if groups else None
+                towers = _tower_of_each(layer, held, outs, groups) if groups and exchange != "gather" else None
+                if ex is not None and towers is not None:
+                    # each group is one tower's devices: they may instead sum partial outputs
+                    unit_out = rows * prod(layer.out_shape[1:]) * dtype_bytes
+                    reduce = parted("reduce", "reduce_scatter", "all_gather", groups,
+                                    tuple(_widths(outs, g) for g in groups), unit_out)
+                    if exchange == "reduce" or reduce.bytes_fwd + reduce.bytes_bwd < ex.bytes_fwd + ex.bytes_bwd:
+                        shards = _tower_columns(layer, held, outs, towers)
+                        ex = reduce
             summed = ex is not None and ex.collective == "all_reduce"
             held = None if summed else outs
         else:
             if held is not None and layer.op == "lrn" and layer.size > 1:
-                groups = gather_groups(held, [lrn_reach(layer, h) for h in held])
-                ex = _gather(held, groups, unit_in) if groups else None
+                ex = _halo(halo_moves(layer, held), unit_in)
             if held is not None and layer.op == "flatten":
                 held = [(a * spatial_in, b * spatial_in) for a, b in held]
             shards = tuple(Shard(r, held[r] if held is not None else (0, channels)) for r in ranks)

@@ -26,11 +26,9 @@ def shard_params(layer: Layer, shard: Shard) -> int:
         return 0
     kernel = layer.kernel**2 if layer.op == "conv" else 1
     out0, out1 = shard.out
-    if shard.cols is not None:  # reduce mode: every output row, only its input columns
-        rows, cols = layer.out, shard.cols[1] - shard.cols[0]
-    else:
-        rows, cols = out1 - out0, layer.in_per_group
-    return rows * cols * kernel + (out1 - out0)
+    rows0, rows1 = shard.weight_rows(layer.out)  # reduce mode: every row (or a tower's), some columns
+    cols = shard.cols[1] - shard.cols[0] if shard.cols is not None else layer.in_per_group
+    return (rows1 - rows0) * cols * kernel + (out1 - out0)
 
 
 def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, batch: int,
@@ -49,10 +47,10 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
             count = shard_params(layer, shard)
             params += count
             per_layer[p.name] = count * dtype_bytes
-            if shard.cols is not None:
-                share = (shard.cols[1] - shard.cols[0]) / layer.in_shape[0]
-            else:
-                share = (shard.out[1] - shard.out[0]) / layer.out_shape[0]
+            rows0, rows1 = shard.weight_rows(layer.out)
+            cols = shard.cols[1] - shard.cols[0] if shard.cols is not None else layer.in_per_group
+            share = (rows1 - rows0) * cols / (layer.out * layer.in_per_group) if layer.weighted else \
+                (shard.out[1] - shard.out[0]) / layer.out_shape[0]
             flops += round(3 * layer.flops * share * rows)
         pbytes = params * dtype_bytes
         held = held_bytes(spec, placements, rank, batch, devices, microbatches, dtype_bytes, per_layer)

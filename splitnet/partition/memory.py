@@ -11,8 +11,8 @@ A pure walk over the plan that follows what torch's autograd keeps (measured wit
   (``F.local_response_norm``); max-pool keeps its input and int64 indices of its
   output; dropout keeps a one-byte mask of its slice; flatten keeps nothing. A tensor
   two ops keep is counted once. An LRN whose tower spans devices keeps only its own
-  channels and the window's reach beyond them (runtime/shard.py copies them out of
-  the gathered tower). The loss keeps the log-softmax of the (gathered) logits.
+  channels and the window's reach beyond them (received from its neighbours). The loss
+  keeps the log-softmax of the (gathered) logits.
 - backward, layer by layer from the last: the parameter gradients made so far, the
   layer's output gradient, its input gradient (for an exchange, the assembled tensor's
   gradient and its reduce-scatter copy), while the saved tensors of the later layers
@@ -97,6 +97,14 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
             else:  # parts are channels (or features) of this rank's rows
                 assembled = parts * rows * prod(layer.in_shape[1:]) * b
             grad_in = 2 * assembled + prev
+        elif _talks(p, rank) and p.exchange is not None and p.exchange.mode == "halo":
+            # own channels widened by the neighbours' (a new tensor); backward: its gradient and ours
+            lo, hi = lrn_reach(layer, shard.out)
+            assembled = rows * (hi - lo) * prod(layer.in_shape[1:]) * b
+            grad_in = assembled + prev
+        elif _talks(p, rank) and p.exchange is not None and p.exchange.collective == "reduce_scatter":
+            # backward all-gathers the output gradient: the whole partial output's size
+            grad_in = prev + sum(p.exchange.parts_of(rank) or ()) * rows * spatial * b
         if layer.op == "lrn":
             if assembled:  # own channels plus the window's reach, copied out of the gathered ones
                 lo, hi = lrn_reach(layer, shard.out)

@@ -31,7 +31,7 @@ FORMATS = (".svg", ".png", ".pdf")
 
 # One colour per exchange mode, so a glance tells gathers from reductions and sends.
 _COLOUR = {"gather": "#1f77b4", "reduce": "#d62728", "logits": "#9467bd", "send": "#2ca02c",
-           "batch": "#ff7f0e", "grads": "#7f7f7f"}
+           "batch": "#ff7f0e", "grads": "#7f7f7f", "halo": "#17becf"}
 _FILL = {"weighted": "#dde8f4", "weightless": "#eeeeee", "replicated": "#e3f1dc", "loss": "#f6e6e6"}
 
 # Layout in data units of _INCH inches each, so text and boxes keep their proportions
@@ -122,6 +122,10 @@ def _note(name: str, ex: Exchange, replicas: int) -> str:
         src, dst = ex.groups[0]
         return (f"{name}: send, stage {src} → stage {dst}\n"
                 f"fwd {_bytes(ex.bytes_fwd)} into {dst} · bwd {_bytes(ex.bytes_bwd)} into {src}")
+    if ex.mode == "halo":
+        most = max(ex.per_rank, key=lambda p: p[1] + p[2])
+        return (f"{name}: halo, each device ↔ its neighbours in the tower\n"
+                f"fwd send ≤ {_bytes(most[1])} · bwd send ≤ {_bytes(most[2])} per device")
     if ex.mode == "grads":
         among = f"devices {groups}" if groups else f"{replicas} replicas, rank by rank"
         return (f"{name}: gradient sum after backward\n"

@@ -22,7 +22,7 @@ from fractions import Fraction
 from typing import Any
 
 # Exchange modes, and the pseudo-layers that carry exchanges of no single spec layer.
-MODES = ("gather", "reduce", "logits", "send", "batch", "grads")
+MODES = ("gather", "reduce", "logits", "send", "batch", "grads", "halo")
 PSEUDO = ("loss", "conv_grads", "replicas")
 
 
@@ -42,22 +42,34 @@ def ring_bytes(collective: str, nbytes: int, k: int) -> Fraction:
 @dataclass(frozen=True)
 class Shard:
     """What one rank computes of a layer: output channels [out0, out1), and for a
-    weight held by input columns (reduce mode) the columns [cols0, cols1)."""
+    weight held by input columns (reduce mode) the weight's columns [cols0, cols1) of the
+    weight rows ``rows`` (default: every row; a ``connect: group`` layer in reduce mode
+    holds one tower's rows, and its columns count from that tower's first input channel)."""
 
     rank: int
     out: tuple[int, int]
     cols: tuple[int, int] | None = None
+    rows: tuple[int, int] | None = None
+
+    def weight_rows(self, out: int) -> tuple[int, int]:
+        """The weight rows this rank holds, for a layer of ``out`` output channels."""
+        if self.rows is not None:
+            return self.rows
+        return (0, out) if self.cols is not None else self.out
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"rank": self.rank, "out_channels": list(self.out)}
         if self.cols is not None:
             d["in_columns"] = list(self.cols)
+        if self.rows is not None:
+            d["weight_rows"] = list(self.rows)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Shard:
-        cols = d.get("in_columns")
-        return cls(int(d["rank"]), tuple(d["out_channels"]), tuple(cols) if cols else None)  # type: ignore[arg-type]
+        cols, rows = d.get("in_columns"), d.get("weight_rows")
+        return cls(int(d["rank"]), tuple(d["out_channels"]), tuple(cols) if cols else None,  # type: ignore[arg-type]
+                   tuple(rows) if rows else None)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

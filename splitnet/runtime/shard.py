@@ -16,14 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from splitnet.comm.exchange import Link, all_reduce, gather, gather_logits, reduce_scatter
+from splitnet.comm.exchange import Halo, Link, all_reduce, gather, gather_logits, halo, reduce_scatter
 from splitnet.comm.transport import Transport
 from splitnet.errors import SplitnetError
 from splitnet.layers import GroupLRN, SeededDropout, SegmentLRN, add_layer, grouped_linear
-from splitnet.partition.columns import group_need, lrn_reach
+from splitnet.partition.columns import group_need, halo_moves, lrn_reach
 from splitnet.partition.plan import PSEUDO, Placement, Plan, Shard
 from splitnet.reference import initial_bias, initial_weight
 from splitnet.spec import Layer, ModelSpec
+
+# Point-to-point tags of halo exchanges: far above a pipeline's (2 per micro-batch), one pair per layer
+HALO_TAGS = 1 << 20
 
 
 class _NoTransport:
@@ -83,7 +86,7 @@ class Weightless(nn.Module):
     """relu / lrn / maxpool / flatten / dropout on this rank's channels (LRN: optionally
     after gathering its neighbours' channels, keeping only its own channels afterwards)."""
 
-    def __init__(self, fn: nn.Module, pre: Link | None = None, keep: tuple[int, int] | None = None,
+    def __init__(self, fn: nn.Module, pre: Link | Halo | None = None, keep: tuple[int, int] | None = None,
                  span: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
         self.fn, self.pre, self.keep, self.span = fn, pre, keep, span
@@ -91,6 +94,8 @@ class Weightless(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre is None or self.keep is None:
             return self.fn(x)
+        if isinstance(self.pre, Halo):  # own channels and the window's reach, received point to point
+            return self.fn(halo(x, self.pre))[:, self.keep[0]:self.keep[1]]
         # Only the own channels and the window's reach on either side (``span`` of the gathered
         # channels) go on: a copy, so the gathered tensor is freed at once and backward keeps
         # (own + halo) channels, not everything gathered.
@@ -168,7 +173,10 @@ def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
             module = _weighted(spec, layer, shard, held, seed, link, mode, summed)
             held = (0, layer.out) if summed else shard.out
         else:
-            module, held = _weightless(layer, shard.out, held, seed, link if mode == "gather" else None)
+            pre: Link | Halo | None = link if mode == "gather" else None
+            if mode == "halo":
+                pre = _halo_of(tr, placement, layer, mp, spec.index(layer.name))
+            module, held = _weightless(layer, shard.out, held, seed, pre)
         add_layer(net, layer.name, module)
         net.names.append(layer.name)
         if layer.op == "dropout" and placement.batch_split:
@@ -180,14 +188,28 @@ def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
     return net.to(transport.device) if transport is not None else net
 
 
+def _halo_of(transport: Transport, placement: Placement, layer: Layer, mp: int, index: int) -> Halo | None:
+    """This rank's side of an LRN's halo exchange (None: it neither sends nor receives)."""
+    held = [s.out for s in sorted(placement.shards, key=lambda s: s.rank)]
+    moves = halo_moves(layer, held)
+    sends = tuple((dst, ch) for src, dst, ch in moves if src == mp)
+    recvs = tuple((src, ch) for src, dst, ch in moves if dst == mp)
+    if not sends and not recvs:
+        return None
+    return Halo(transport, layer.name, held[mp], sends, recvs, HALO_TAGS + index)
+
+
 def _weighted(spec: ModelSpec, layer: Layer, shard: Shard, held: tuple[int, int], seed: int,
               link: Link | None, mode: str | None, summed: bool) -> Weighted:
     out0, out1 = shard.out
     c_in = layer.in_shape[0]
-    if shard.cols is not None:  # reduce mode: all output rows, this rank's input columns
+    if shard.cols is not None:  # reduce mode: all output rows (or its tower's), its input columns
         c0, c1 = shard.cols
-        weight = initial_weight(spec, layer, seed, cols=(c0, c1))
-        need, groups, uneven = (c0, c1), 1, ()
+        rows0, rows1 = shard.weight_rows(layer.out)
+        weight = initial_weight(spec, layer, seed, range(rows0, rows1), cols=(c0, c1))
+        # a group layer's columns count from its tower's first input channel
+        base = rows0 // (layer.out // layer.groups) * (c_in // layer.groups) if layer.connect == "group" else 0
+        need, groups, uneven = (base + c0, base + c1), 1, ()
     else:
         weight = initial_weight(spec, layer, seed, range(out0, out1))
         if layer.connect == "full":
@@ -210,7 +232,7 @@ def _weighted(spec: ModelSpec, layer: Layer, shard: Shard, held: tuple[int, int]
 
 
 def _weightless(layer: Layer, out: tuple[int, int], held: tuple[int, int], seed: int,
-                link: Link | None) -> tuple[nn.Module, tuple[int, int]]:
+                link: Link | Halo | None) -> tuple[nn.Module, tuple[int, int]]:
     c = layer.in_shape[0]
     per_group = c // layer.groups
     if layer.op == "relu":
@@ -223,13 +245,15 @@ def _weightless(layer: Layer, out: tuple[int, int], held: tuple[int, int], seed:
     if layer.op == "dropout":
         return Weightless(SeededDropout(layer.p, seed, layer.name, (held[0], held[1], c))), held
     if layer.op == "lrn":
-        if link is not None:  # ``held``: the channels gathered; normalise ours and their reach, keep ours
+        if link is not None:  # ours widened by their reach (halo, or gathered into ``held``); keep ours
             lo, hi = lrn_reach(layer, out)
             # beyond a tower's edge the window reads zeros, as the per-group reference does
             cuts = [lo, *range((lo // per_group + 1) * per_group, hi, per_group), hi]
             widths = tuple(b - a for a, b in zip(cuts, cuts[1:], strict=False))
             lrn: nn.Module = GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, 1) if len(widths) == 1 \
                 else SegmentLRN(layer.size, layer.alpha, layer.beta, layer.k, widths)
+            if isinstance(link, Halo):
+                return Weightless(lrn, link, (out[0] - lo, out[1] - lo)), out
             return Weightless(lrn, link, (out[0] - lo, out[1] - lo), (lo - held[0], hi - held[0])), out
         width = held[1] - held[0]
         if layer.size == 1:  # a window of one channel never crosses a group (the plan has no exchange)

@@ -33,8 +33,16 @@ def merge_state(plan: Plan, shards: Sequence[Mapping[str, torch.Tensor]]) -> dic
             continue
         ordered = sorted(p.shards, key=lambda s: s.out)
         merged[b] = torch.cat([shards[s.rank][b] for s in ordered])
-        if ordered[0].cols is not None:
-            merged[w] = torch.cat([shards[s.rank][w] for s in sorted(p.shards, key=lambda s: s.cols)], dim=1)
+        if ordered[0].cols is not None:  # blocks of (weight rows, columns): place each one
+            out = ordered[-1].out[1]
+            width = max(s.cols[1] for s in ordered if s.cols is not None)
+            first = shards[ordered[0].rank][w]
+            whole = first.new_zeros((out, width, *first.shape[2:]))
+            for s in ordered:
+                r0, r1 = s.weight_rows(out)
+                c0, c1 = s.cols if s.cols is not None else (0, width)
+                whole[r0:r1, c0:c1] = shards[s.rank][w]
+            merged[w] = whole
         else:
             merged[w] = torch.cat([shards[s.rank][w] for s in ordered])
     return merged
@@ -53,7 +61,8 @@ def split_state(plan: Plan, state: Mapping[str, torch.Tensor], rank: int) -> dic
         if p.batch_split or len(p.shards) == 1:
             out[f"{p.name}.weight"], out[f"{p.name}.bias"] = w.clone(), b.clone()
         elif shard.cols is not None:
-            out[f"{p.name}.weight"] = w[:, shard.cols[0]:shard.cols[1]].clone()
+            r0, r1 = shard.weight_rows(w.shape[0])
+            out[f"{p.name}.weight"] = w[r0:r1, shard.cols[0]:shard.cols[1]].clone()
             out[f"{p.name}.bias"] = b[o0:o1].clone()
         else:
             out[f"{p.name}.weight"], out[f"{p.name}.bias"] = w[o0:o1].clone(), b[o0:o1].clone()
