@@ -7,7 +7,8 @@
   micro-batch count of splitnet's own pipeline plan;
 - splitnet: ``columns_gather`` (the 2012 exchanges), ``columns_auto``, ``pipeline``
   (GPipe order), ``pipeline_1f1b`` (the same plan in 1F1B order), ``hybrid``, ``replicas``
-  (R x 1 device) and ``replicas_columns`` (R x D columns); replicas take B/R samples each, so the global batch stays B.
+  (R x 1 device) and ``replicas_columns`` (R x D columns); replicas take B/R samples each,
+  so the global batch stays B.
 
 Pure: reads a spec and a config, makes plans, starts nothing.
 """
