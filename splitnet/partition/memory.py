@@ -26,9 +26,10 @@ first backward runs on one micro-batch while the others' saved tensors still wai
 that is where its peak lies. A stage that sends on also keeps its outputs for that
 backward, and a stage that receives keeps its inputs. Under 1F1B stage s holds at most
 k = min(M, D - s) micro-batches (``in_flight``): its peak is a steady-state backward
-with k micro-batches' saved tensors, inputs and outputs, plus, when it sends gradients
-back while still running forwards (M > D - s), the previous micro-batch's input
-gradient, which waits until the stage before has taken it. The last stage keeps every
+with k micro-batches' saved tensors, inputs and outputs; when there is a steady phase
+(M > D - s) that backward is not the stage's first, so every parameter gradient exists
+already, and the previous micro-batch's input gradient waits until the stage before
+has taken it. The last stage keeps every
 micro-batch's logits (the step returns them) and the log-softmax of those in flight.
 """
 
@@ -152,15 +153,18 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
     sends = any(p.exchange is not None and p.exchange.mode == "send" and p.exchange.groups[0][0] == rank
                 for p in placements)
     handed_on = prev if sends else 0
-    waiting_grad = received // share if k < share else 0  # 1F1B with a steady phase
+    # 1F1B with a steady phase: its peak backward is not the stage's first, so every
+    # parameter gradient already exists, and the previous input gradient is still on its way
+    steady = k < share
+    waiting_grad = received // share if steady else 0
     params = sum(param_bytes.values())
     # parameters, momentum, the batch, the held micro-batches' inputs and outputs
     fixed = 2 * params + input_bytes + (received + handed_on) * k // share + waiting_grad
-    live, grads = forward, 0
+    live, grads = forward, params if steady else 0
     best = (fixed + forward, "end of forward")
     for p, keep, g_in, g_out in zip(reversed(mine), reversed(saved), reversed(grads_in), reversed(grads_out),
                                     strict=True):
-        grads += param_bytes.get(p.name, 0)
+        grads += 0 if steady else param_bytes.get(p.name, 0)
         temp = (g_in + g_out + BACKWARD_TEMP.get(p.op, 0) * g_out + handed_on) // share
         best = max(best, (fixed + live + grads + temp, f"backward of {p.name}"))
         live -= keep // share  # the first micro-batch's backward releases its share only
