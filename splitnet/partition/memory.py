@@ -28,8 +28,8 @@ backward, and a stage that receives keeps its inputs. Under 1F1B stage s holds a
 k = min(M, D - s) micro-batches (``in_flight``): its peak is a steady-state backward
 with k micro-batches' saved tensors, inputs and outputs; when there is a steady phase
 (M > D - s) that backward is not the stage's first, so every parameter gradient exists
-already, and the previous micro-batch's input gradient waits until the stage before
-has taken it. The last stage keeps every
+already (each layer's new one is a temporary added into it), and the previous
+micro-batch's input gradient waits until the stage before has taken it. The last stage keeps every
 micro-batch's logits (the step returns them) and the log-softmax of those in flight.
 """
 
@@ -166,6 +166,8 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
                                     strict=True):
         grads += 0 if steady else param_bytes.get(p.name, 0)
         temp = (g_in + g_out + BACKWARD_TEMP.get(p.op, 0) * g_out + handed_on) // share
+        if steady:  # a weight gradient made anew, then added into the one that exists
+            temp += param_bytes.get(p.name, 0)
         best = max(best, (fixed + live + grads + temp, f"backward of {p.name}"))
         live -= keep // share  # the first micro-batch's backward releases its share only
     largest = max((param_bytes.get(p.name, 0) for p in mine), default=0)
