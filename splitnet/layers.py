@@ -37,6 +37,24 @@ class GroupLRN(nn.Module):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"
 
 
+class SegmentLRN(nn.Module):
+    """LRN over consecutive channel segments of given widths, each on its own (the parts of
+    towers a device holds when its channels cross a tower boundary off a device boundary)."""
+
+    def __init__(self, size: int, alpha: float, beta: float, k: float, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.widths = size, alpha, beta, k, widths
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = (x if x.dim() > 2 else x.unsqueeze(-1)).split(list(self.widths), dim=1)
+        y = torch.cat([F.local_response_norm(part, self.size, self.alpha, self.beta, self.k) for part in parts],
+                      dim=1)
+        return y.reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, widths={self.widths}"
+
+
 class GroupedLinear(nn.Module):
     """A linear layer whose ``groups`` output blocks each read only their own input block."""
 
@@ -68,22 +86,21 @@ class SeededDropout(nn.Module):
     ``channels`` is this module's slice of the full feature dimension (start, stop, total);
     ``set_step`` tells it the step and which rows of the full batch it is computing, so
     a rank holding channels 48..95 of rows 32..63 applies the reference's mask there.
-    ``rows_part``: this module sees the ``rows_part``-th equal slice of those rows
-    (hybrid conv layers, where each device takes its own part of the batch).
+    ``first_row``: where this module's rows start within those (hybrid conv layers, where
+    each device takes its own part of the batch; the shard sets it every forward).
     """
 
-    def __init__(self, p: float, seed: int, layer: str, channels: tuple[int, int, int],
-                 rows_part: int = 0) -> None:
+    def __init__(self, p: float, seed: int, layer: str, channels: tuple[int, int, int]) -> None:
         super().__init__()
         self.p, self.seed, self.layer, self.channels = p, seed, layer, channels
-        self.rows_part = rows_part
+        self.first_row = 0
         self.step, self.row_offset, self.full_batch = 0, 0, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
         start, stop, total = self.channels
-        first = self.row_offset + self.rows_part * x.shape[0]
+        first = self.row_offset + self.first_row
         rows = self.full_batch or first + x.shape[0]
         keep = dropout_keep(self.seed, self.layer, self.step, (rows, total, *x.shape[2:]), self.p)
         # backward keeps the mask: only this module's slice of it, one byte an element

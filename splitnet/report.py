@@ -71,6 +71,8 @@ def _exchange(ex: Exchange | None) -> tuple[str, str, str]:
         return "", "", ""
     groups = " ".join("{" + ",".join(str(r) for r in g) + "}" for g in ex.groups) or "replicas"
     what = f"{ex.mode}: {ex.collective}/{ex.backward} {groups}"
+    if ex.uneven:  # the collective pads every part to the largest; the bytes are the padded ones
+        what += f" parts {ex.uneven}"
     return what, human(round(ex.bytes_fwd), "B"), human(round(ex.bytes_bwd), "B")
 
 

@@ -3,11 +3,13 @@ here from AlexNet's shapes (paper section 3.5, Figure 2), never read back from t
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 
 import pytest
 
 from splitnet.partition import Mesh, PartitionError, make_plan
+from splitnet.partition.plan import Plan
 from splitnet.spec import load_spec
 
 B = 128          # batch
@@ -210,18 +212,64 @@ def test_devices_equal_divide_or_multiply_the_group_count(groups, devices, c2_gr
     assert sum(c.param_count for c in plan.costs) == spec.total_params
 
 
-@pytest.mark.parametrize(("devices", "layer"), [(3, "conv1"), (6, "conv2"), (16, "fc8")])
-def test_devices_no_sharding_supports(alexnet, devices, layer):
-    # 96, 256, 384, 4096, 1000 channels and 2 towers: D must divide 8 = gcd(96, 1000)
-    with pytest.raises(PartitionError, match=rf"layer '{layer}' .* cannot be split over "
-                       rf"mesh.devices={devices}.*Values that work for alexnet: \[1, 2, 4, 8\]"):
-        plan_of(alexnet, devices=devices)
+def test_more_devices_than_the_narrowest_layer_are_refused(alexnet_small):
+    with pytest.raises(PartitionError, match=r"layer 'fc8' has out=10 channels, fewer than mesh.devices=11, so "
+                       r"some device would hold none of it; use mesh.devices <= 10"):
+        plan_of(alexnet_small, devices=11)
 
 
-def test_alexnet_small_splits_over_one_or_two_devices_only(alexnet_small):
-    # its fc8 has 10 outputs and its convs 32..96 channels: gcd 2
-    with pytest.raises(PartitionError, match=r"layer 'fc8' \(out=10, groups=2\).*\[1, 2\]"):
-        plan_of(alexnet_small, devices=4)
+@pytest.mark.parametrize("devices", range(1, 11))
+def test_any_device_count_up_to_the_narrowest_layer(alexnet_small, devices):
+    plan = plan_of(alexnet_small, devices=devices, exchange="auto")
+    for p in plan.layers:
+        if not p.shards:
+            continue
+        width = alexnet_small.layer(p.name).out_shape[0] if p.op != "flatten" else 64 * 3 * 3
+        sizes = [s.out[1] - s.out[0] for s in p.shards]
+        starts = [s.out[0] for s in p.shards]
+        # contiguous, covering, in rank order, as equal as possible
+        assert starts[0] == 0 and sum(sizes) == width and starts == [sum(sizes[:r]) for r in range(devices)]
+        if alexnet_small.layer(p.name).weighted:
+            assert max(sizes) - min(sizes) <= 1, p.name
+    assert sum(c.param_count for c in plan.costs) == alexnet_small.total_params
+
+
+def test_cuts_fall_on_tower_boundaries_where_they_can(alexnet_small):
+    # fc8: 10 outputs in 2 towers of 5 over 4 devices: 2 + 3 | 2 + 3, the middle cut on the tower edge
+    plan = plan_of(alexnet_small, devices=4)
+    assert [s.out for s in plan.placement("fc8").shards] == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    # 6 devices: conv1's 32 channels as 5, 5, 6 | 5, 5, 6; each tower gathers among its own 3 devices
+    plan = plan_of(alexnet_small, devices=6)
+    assert [s.out[1] - s.out[0] for s in plan.placement("conv1").shards] == [5, 5, 6, 5, 5, 6]
+    norm1 = plan.placement("norm1").exchange
+    assert norm1.groups == ((0, 1, 2), (3, 4, 5)) and norm1.parts == ((5, 5, 6), (5, 5, 6))
+
+
+def test_a_device_across_a_tower_edge_gathers_from_both_towers(alexnet_small):
+    # 3 devices: conv1's 32 channels as 10 | 11 | 11; device 1 holds 10..21, across the tower
+    # edge at 16, so conv2 (connect: group) on device 1 reads both towers: all three gather
+    plan = plan_of(alexnet_small, devices=3)
+    assert [s.out for s in plan.placement("conv1").shards] == [(0, 10), (10, 21), (21, 32)]
+    conv2 = plan.placement("conv2").exchange
+    assert conv2.groups == ((0, 1, 2),) and conv2.parts == ((10, 11, 11),)
+    # every part travels padded to the largest, 11 channels of pool1's 15x15 map
+    assert conv2.bytes_fwd == conv2.bytes_bwd == 2 * 11 * 15 * 15 * B * F
+    # conv3 reads every channel: 21 | 21 | 22 of pool2's 7x7 map
+    conv3 = plan_of(alexnet_small, devices=3, exchange="gather").placement("conv3").exchange
+    assert conv3.parts == ((21, 21, 22),) and conv3.bytes_fwd == 2 * 22 * 7 * 7 * B * F
+
+
+def test_reduce_mode_columns_are_the_inputs_a_device_holds(alexnet_small):
+    # fc6 reads the flattened 64 x 3 x 3 map; 3 devices hold 21, 21, 22 channels of it
+    fc6 = plan_of(alexnet_small, devices=3, exchange="reduce").placement("fc6")
+    assert [s.cols for s in fc6.shards] == [(0, 189), (189, 378), (378, 576)]
+    assert fc6.exchange.parts == ((85, 85, 86),) and fc6.exchange.bytes_fwd == 2 * 86 * B * F
+
+
+def test_uneven_plans_round_trip_through_json(alexnet_small):
+    plan = plan_of(alexnet_small, devices=5, exchange="gather")
+    again = Plan.from_dict(json.loads(plan.to_json()))
+    assert again == plan and again.placement("conv3").exchange.parts == ((12, 13, 13, 13, 13),)
 
 
 def test_unknown_exchange_mode(alexnet_small):

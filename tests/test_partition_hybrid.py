@@ -94,15 +94,27 @@ def test_one_device_never_talks(alexnet):
     assert [c.param_count for c in plan.costs] == [ALEXNET_PARAMS]
 
 
-def test_batch_must_divide_over_the_devices(alexnet_small):
-    with pytest.raises(PartitionError, match=r"hybrid: batch_size=126 must be divisible by mesh.devices=4"):
-        hybrid(alexnet_small, 4, batch=126)
+def test_every_device_needs_a_sample(alexnet_small):
+    with pytest.raises(PartitionError, match=r"hybrid: batch_size=3 is smaller than mesh.devices=4.*batch_size >= 4"):
+        hybrid(alexnet_small, 4, batch=3)
 
 
-def test_fc_layers_that_cannot_be_sharded(alexnet):
-    # the convs are replicated, so only the fc layers (4096, 4096, 1000 outputs) limit D
-    with pytest.raises(PartitionError, match=r"hybrid: layer 'fc8' .* mesh.devices=16.*\[1, 2, 4, 8\]"):
-        hybrid(alexnet, 16)
+def test_uneven_batch_parts_differ_by_one_row(alexnet):
+    # 128 rows over 3 devices: 42, 43, 43; fc6 gathers them padded to 43 rows of 9216 floats
+    plan = hybrid(alexnet, 3, batch=128)
+    fc6 = plan.placement("fc6").exchange
+    assert fc6.parts == ((42, 43, 43),)
+    assert fc6.bytes_fwd == fc6.bytes_bwd == 2 * 43 * 9216 * 4
+    conv1 = plan.placement("conv1")
+    assert [conv1.rows(128, 3, r) for r in range(3)] == [42, 43, 43]
+    # rank 0 computes one row less of the convs; rank 2 one column more of each fc layer
+    assert plan.costs[0].flops < plan.costs[1].flops < plan.costs[2].flops
+
+
+def test_fc_layers_that_cannot_be_sharded(alexnet_small):
+    # the convs are replicated, so only the fc layers (256, 256, 10 outputs) limit D
+    with pytest.raises(PartitionError, match=r"hybrid: layer 'fc8' has out=10 .* mesh.devices=11.*<= 10"):
+        hybrid(alexnet_small, 11)
 
 
 def test_a_model_without_a_linear_layer():

@@ -135,7 +135,7 @@ def test_cli_picture(capsys, tmp_path, suffix):
 
 
 def test_cli_errors_are_clean(capsys):
-    assert main(["plan", "model=alexnet", "mesh.devices=3"]) == 2
-    assert "splitnet plan: error: columns: layer 'conv1'" in capsys.readouterr().err
+    assert main(["plan", "model=alexnet_small", "mesh.devices=11"]) == 2
+    assert "splitnet plan: error: columns: layer 'fc8' has out=10 channels" in capsys.readouterr().err
     assert main(["plan", "picture=plan.gif"]) == 2
     assert "unknown picture format '.gif'" in capsys.readouterr().err

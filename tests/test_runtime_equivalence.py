@@ -38,6 +38,22 @@ CASES = [
                  {"fc6": "batch", "fc7": "gather", "loss": "logits", "conv_grads": "grads"}, id="hybrid-D2"),
     pytest.param(verify_cfg(devices=2, replicas=2, exchange="reduce"),
                  {"conv3": "reduce", "fc8": "reduce", "replicas": "grads"}, id="replicas2-x-D2-reduce"),
+    # Uneven shards: widths the device count does not divide. D=3: device 1 holds the end of
+    # tower 0 and the start of tower 1, so LRN and the group convs gather over all three.
+    pytest.param(verify_cfg(devices=3, exchange="reduce"),
+                 {"norm1": "gather", "conv2": "gather", "conv4": "gather", "fc6": "reduce", "fc8": "reduce"},
+                 id="uneven-columns-D3-reduce"),
+    # D=4: the towers split evenly except fc8's 10 outputs (2, 3 | 2, 3), gathered for the loss
+    pytest.param(verify_cfg(devices=4, exchange="gather"), {**GATHER4, "fc8": "gather", "loss": "logits"},
+                 id="uneven-columns-D4-gather"),
+    pytest.param(verify_cfg(devices=5, exchange="auto"), {"norm1": "gather", "conv3": "gather"},
+                 id="uneven-columns-D5-auto"),
+    # 7 samples over 3 devices: 2, 2, 3 rows each for the replicated convs
+    pytest.param(verify_cfg(partition="hybrid", devices=3, batch=7, exchange="gather"),
+                 {"fc6": "batch", "fc7": "gather", "loss": "logits", "conv_grads": "grads"}, id="uneven-hybrid-D3"),
+    # stages of 4, 18 and 1 layers
+    pytest.param(verify_cfg(partition="pipeline", devices=3, microbatches=2, boundaries=["conv2", "fc8"]), {},
+                 id="uneven-pipeline-D3-4-18-1-layers"),
 ]
 
 
@@ -58,7 +74,7 @@ def test_split_equals_reference(cfg, must_talk):
 # Seeded random specs: (seed, columns devices, columns exchange mode), each also run with
 # hybrid over 2 devices. Seed 0 over 4 devices has an LRN of size 1 whose group spans
 # devices: no exchange is needed there, and the shard must not ask for one.
-RANDOM = [(0, 4, "auto"), (6, 2, "gather"), (7, 2, "reduce")]
+RANDOM = [(0, 4, "auto"), (6, 2, "gather"), (7, 2, "reduce"), (3, 3, "auto")]
 
 
 def test_random_specs_are_valid_deterministic_and_cover_every_feature():

@@ -27,6 +27,10 @@ PLANS = {
     "hybrid-D2-gather": (SMALL, {"strategy": "hybrid", "exchange": "gather"}, Mesh(2)),
     "hybrid-D2-reduce": (SMALL, {"strategy": "hybrid", "exchange": "reduce"}, Mesh(2)),
     "replicas2-x-columns-D2": (SMALL, {"strategy": "columns", "exchange": "auto"}, Mesh(2, replicas=2)),
+    # uneven shards: widths 3 and 5 do not divide, and a device holds parts of two towers
+    "uneven-columns-D3-reduce": (SMALL, {"strategy": "columns", "exchange": "reduce"}, Mesh(3)),
+    "uneven-columns-D5-gather": (SMALL, {"strategy": "columns", "exchange": "gather"}, Mesh(5)),
+    "uneven-hybrid-D3-reduce": (SMALL, {"strategy": "hybrid", "exchange": "reduce"}, Mesh(3)),
 }
 SEED = 7
 
@@ -104,6 +108,24 @@ def test_state_moves_between_meshes():
     state = {k: torch.randn(v.shape, generator=gen) for k, v in build_reference(spec, 0).state_dict().items()}
     on_a = [split_state(a, state, r) for r in range(a.devices)]
     on_b = [split_state(b, merge_state(a, on_a), r) for r in range(b.devices)]
+    _equal(merge_state(b, on_b), state)
+
+
+@pytest.mark.parametrize(("first", "second"), [("columns-D2-gather", "uneven-columns-D3-reduce"),
+                                               ("uneven-columns-D5-gather", "columns-D4")])
+def test_state_reshards_between_even_and_uneven_meshes(first, second):
+    spec, a = _plan(first)
+    _, b = _plan(second)
+    if spec is not SMALL:  # columns-D4 is alexnet_small with 12 outputs: start from its shapes
+        spec = SMALL_12
+        a = make_plan(spec, PLANS[first][1], PLANS[first][2], 8)
+    gen = torch.Generator().manual_seed(3)
+    state = {k: torch.randn(v.shape, generator=gen) for k, v in build_reference(spec, 0).state_dict().items()}
+    on_a = [split_state(a, state, r) for r in range(a.devices)]
+    on_b = [split_state(b, merge_state(a, on_a), r) for r in range(b.devices)]
+    back = [split_state(a, merge_state(b, on_b), r) for r in range(a.devices)]
+    for mine, again in zip(on_a, back, strict=True):
+        _equal(mine, again)
     _equal(merge_state(b, on_b), state)
 
 

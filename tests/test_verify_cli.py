@@ -38,15 +38,15 @@ def test_exits_non_zero_when_a_difference_exceeds_tolerance(capsys):
     assert all(row["ok"] and row["planned_bytes"] == row["measured_bytes"] for row in report["exchanges"])
 
 
-def test_devices_that_do_not_divide_a_layer_fail_before_any_process(capsys, monkeypatch):
+def test_more_devices_than_a_layer_has_channels_fail_before_any_process(capsys, monkeypatch):
     def no_launch(*args, **kwargs):
         raise AssertionError("verify spawned ranks for a plan that cannot exist")
 
     monkeypatch.setattr(splitnet.launchers.simulate, "launch", no_launch)
-    assert main(["verify", "mesh.devices=4"]) == 2
+    assert main(["verify", "mesh.devices=11"]) == 2
     err = capsys.readouterr().err
-    assert "layer 'fc8' (out=10, groups=2) cannot be split over mesh.devices=4" in err
-    assert "Values that work for alexnet_small: [1, 2]" in err
+    assert "layer 'fc8' has out=10 channels, fewer than mesh.devices=11" in err
+    assert "use mesh.devices <= 10 (the narrowest layer's width)" in err
 
 
 def test_a_user_spec_from_config_dir_makes_four_devices_valid(tmp_path, capsys):

@@ -28,41 +28,51 @@ from splitnet.comm.transport import Transport
 
 @dataclass(frozen=True)
 class Link:
-    """One exchange point: the transport, the layer it belongs to, the ranks that talk."""
+    """One exchange point: the transport, the layer it belongs to, the ranks that talk, and
+    each rank's part along the exchanged dimension (``None``: equal parts)."""
 
     transport: Transport
     layer: str
     ranks: tuple[int, ...]
+    parts: tuple[int, ...] | None = None
 
     @property
     def index(self) -> int:
         return self.ranks.index(self.transport.mp_rank)
+
+    def own(self, size: int) -> tuple[int, int]:
+        """(offset, length) of this rank's part in the joined tensor (``size``: its part)."""
+        if self.parts is None:
+            return self.index * size, size
+        return sum(self.parts[:self.index]), self.parts[self.index]
 
 
 class _Gather(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, link: Link, dim: int, replicated_grad: bool) -> torch.Tensor:
         ctx.link, ctx.dim, ctx.replicated_grad, ctx.size = link, dim, replicated_grad, x.shape[dim]
-        return link.transport.all_gather(x, link.ranks, link.layer, "fwd", dim)
+        return link.transport.all_gather(x, link.ranks, link.layer, "fwd", dim, link.parts)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         link: Link = ctx.link
         if ctx.replicated_grad:
-            return grad.narrow(ctx.dim, link.index * ctx.size, ctx.size).contiguous(), None, None, None
-        return link.transport.reduce_scatter(grad, link.ranks, link.layer, "bwd", ctx.dim), None, None, None
+            start, length = link.own(ctx.size)
+            return grad.narrow(ctx.dim, start, length).contiguous(), None, None, None
+        return (link.transport.reduce_scatter(grad, link.ranks, link.layer, "bwd", ctx.dim, link.parts),
+                None, None, None)
 
 
 class _ReduceScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, link: Link) -> torch.Tensor:
         ctx.link = link
-        return link.transport.reduce_scatter(x, link.ranks, link.layer, "fwd", 1)
+        return link.transport.reduce_scatter(x, link.ranks, link.layer, "fwd", 1, link.parts)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         link: Link = ctx.link
-        return link.transport.all_gather(grad, link.ranks, link.layer, "bwd", 1), None
+        return link.transport.all_gather(grad, link.ranks, link.layer, "bwd", 1, link.parts), None
 
 
 class _AllReduce(torch.autograd.Function):

@@ -38,6 +38,16 @@ class StalledExchange(SplitnetError, RuntimeError):
     pass
 
 
+def _pad(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """``x`` with zeros appended along ``dim`` up to ``size`` (contiguous, as collectives need)."""
+    short = size - x.shape[dim]
+    if short == 0:
+        return x.contiguous()
+    shape = list(x.shape)
+    shape[dim] = short
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
 def _default_device() -> torch.device:
     """Where this rank's tensors live: the CUDA device the launcher selected for an NCCL
     process group (``torch.cuda.set_device(LOCAL_RANK)``), the CPU for gloo."""
@@ -132,25 +142,40 @@ class Transport:
     # gradients, buckets.py for parameter gradients); the rest of splitnet calls comm/.
 
     def all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
-                   dim: int) -> torch.Tensor:
+                   dim: int, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Join every member's ``x`` along ``dim``. ``sizes``: each member's extent along
+        ``dim`` where they differ; every part then travels padded to the largest."""
         k = len(mp_ranks)
         with record_function(f"splitnet.exchange:{layer}"):
             x = x.contiguous()
+            uneven = sizes is not None and len(set(sizes)) > 1
+            if uneven:
+                x = _pad(x, dim, max(sizes))  # type: ignore[arg-type]
             parts = [torch.empty_like(x) for _ in range(k)]
             work = dist.all_gather(parts, x, group=self.group(mp_ranks), async_op=True)
             self.wait(self._issue(work, self._global(mp_ranks)), layer, "all_gather")
             self.meter.record(layer, direction, "all_gather", x.numel() * x.element_size() * k, k)
+            if uneven:
+                parts = [p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True)]  # type: ignore[arg-type]
             return torch.cat(parts, dim=dim)
 
     def reduce_scatter(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
-                       dim: int) -> torch.Tensor:
+                       dim: int, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Sum ``x`` over the members; member i keeps its part along ``dim`` (``sizes[i]``
+        wide where the parts differ, each padded to the largest for the collective)."""
         k = len(mp_ranks)
         with record_function(f"splitnet.exchange:{layer}"):
-            parts = [p.contiguous() for p in x.chunk(k, dim=dim)]
+            if sizes is not None and len(set(sizes)) > 1:
+                widest = max(sizes)
+                parts = [_pad(p, dim, widest) for p in x.split(list(sizes), dim=dim)]
+            else:
+                parts = [p.contiguous() for p in x.chunk(k, dim=dim)]
             out = torch.empty_like(parts[0])
             work = dist.reduce_scatter(out, parts, group=self.group(mp_ranks), async_op=True)
             self.wait(self._issue(work, self._global(mp_ranks)), layer, "reduce_scatter")
-            self.meter.record(layer, direction, "reduce_scatter", x.numel() * x.element_size(), k)
+            self.meter.record(layer, direction, "reduce_scatter", out.numel() * out.element_size() * k, k)
+            if sizes is not None and out.shape[dim] != sizes[mp_ranks.index(self.mp_rank)]:
+                out = out.narrow(dim, 0, sizes[mp_ranks.index(self.mp_rank)])
             return out
 
     def all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> torch.Tensor:

@@ -28,7 +28,9 @@ def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Map
     talk = [p.name for p in plan_rows if p.exchange is not None]
     where = ", ".join(talk) if talk else "nowhere"
     if strategy == "columns":
-        return (f"columns: each of {devices} device(s) holds 1/{devices} of every weighted layer's "
+        even = all(len({s.out[1] - s.out[0] for s in p.shards}) <= 1 for p in plan_rows)
+        share = f"1/{devices}" if even else f"about 1/{devices} (shards differ by at most a channel)"
+        return (f"columns: each of {devices} device(s) holds {share} of every weighted layer's "
                 f"channels, along the towers; devices talk only at {where}")
     if strategy == "pipeline":
         m = int(cfg.get("microbatches", 1))

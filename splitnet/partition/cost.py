@@ -33,10 +33,6 @@ def shard_params(layer: Layer, shard: Shard) -> int:
     return rows * cols * kernel + (out1 - out0)
 
 
-def local_rows(placement: Placement, batch: int, devices: int) -> int:
-    return batch // devices if placement.batch_split else batch
-
-
 def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, batch: int,
                  dtype_bytes: int, microbatches: int = 1, schedule: str = "gpipe") -> list[DeviceCost]:
     """DeviceCost per model-parallel rank; ``bytes_in`` is filled in by ``with_bytes_in``;
@@ -50,7 +46,7 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
             if shard is None:  # another rank's layer, or a pseudo-layer (no shards)
                 continue
             layer = spec.layer(p.name)
-            rows = local_rows(p, batch, devices)
+            rows = p.rows(batch, devices, rank)
             count = shard_params(layer, shard)
             params += count
             per_layer[p.name] = count * dtype_bytes

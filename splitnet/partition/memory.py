@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
+from splitnet.partition.columns import lrn_reach
 from splitnet.partition.plan import Placement, Shard
 from splitnet.spec import Layer, ModelSpec
 
@@ -91,7 +92,7 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
     for p in mine:
         layer: Layer = spec.layer(p.name)
         shard: Shard = p.shard(rank)  # type: ignore[assignment]
-        rows = batch // devices if p.batch_split else batch
+        rows = p.rows(batch, devices, rank)
         spatial = prod(layer.out_shape[1:])
         width = _width(shard)
         out = rows * width * spatial * b
@@ -103,17 +104,16 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
         first = False
         assembled = 0
         if _talks(p, rank) and p.exchange is not None and p.exchange.mode in ("gather", "batch"):
-            k = len(p.exchange.groups)
-            whole_rows = batch if p.exchange.mode == "batch" else rows
-            assembled = whole_rows * prod(layer.in_shape) * b // k
+            parts = sum(p.exchange.parts_of(rank) or ())
+            if p.exchange.mode == "batch":  # parts are rows of the whole input
+                assembled = parts * prod(layer.in_shape) * b
+            else:  # parts are channels (or features) of this rank's rows
+                assembled = parts * rows * prod(layer.in_shape[1:]) * b
             grad_in = 2 * assembled + prev
         if layer.op == "lrn":
-            if assembled:  # own channels plus the window's reach, copied out of the tower
-                per_group = layer.in_shape[0] // layer.groups
-                tower0 = shard.out[0] // per_group * per_group
-                left = min(layer.size // 2, shard.out[0] - tower0)
-                right = min((layer.size - 1) // 2, tower0 + per_group - shard.out[1])
-                channels = width + left + right
+            if assembled:  # own channels plus the window's reach, copied out of the gathered ones
+                lo, hi = lrn_reach(layer, shard.out)
+                channels = hi - lo
                 x = rows * channels * spatial * b
                 keep += x + 2 * x + x * (channels + layer.size - 1) // channels
                 out = x

@@ -127,7 +127,8 @@ def _note(name: str, ex: Exchange, replicas: int) -> str:
         return (f"{name}: gradient sum after backward\n"
                 f"bwd {ex.backward} over {among}, ≤ {_bytes(ex.bytes_bwd)}")
     bwd = "bwd: none" if ex.backward == "none" else f"bwd {ex.backward} {_bytes(ex.bytes_bwd)}"
-    return f"{name}: {ex.mode} among {groups}\nfwd {ex.collective} {_bytes(ex.bytes_fwd)} · {bwd}"
+    parts = f" (parts {ex.uneven}, padded)" if ex.uneven else ""
+    return f"{name}: {ex.mode} among {groups}{parts}\nfwd {ex.collective} {_bytes(ex.bytes_fwd)} · {bwd}"
 
 
 def _header(plan: Plan, rank: int) -> str:

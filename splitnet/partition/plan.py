@@ -8,7 +8,9 @@ The runtime reads a Plan and never decides placement on its own.
 Exchange bytes are what each receiving device receives per training step, forward
 and backward, under the ring accounting of NCCL's bus-bandwidth figures: all-gather
 and reduce-scatter of an S-byte tensor over k devices: (k-1)/k * S; all-reduce:
-2(k-1)/k * S; a point-to-point send of S bytes: S, to the receiver only.
+2(k-1)/k * S; a point-to-point send of S bytes: S, to the receiver only. Where the k
+parts differ (a width the device count does not divide), every part is padded to the
+largest, P bytes, and an all-gather or reduce-scatter moves (k-1) * P to each device.
 """
 
 from __future__ import annotations
@@ -65,7 +67,12 @@ class Exchange:
     ``collective`` runs in forward, ``backward`` in backward; ``groups`` are the sets of
     model-parallel ranks that talk to each other (several disjoint groups run at once,
     e.g. the devices of each tower). ``per_rank`` overrides the uniform byte figures
-    where devices receive different amounts (point-to-point sends, gradient sums).
+    where devices receive different amounts (point-to-point sends, gradient sums, groups
+    whose parts differ). ``parts``: per group, each member's part of the exchanged tensor
+    along the dimension the exchange joins or splits (channels, features or batch rows),
+    in the group's rank order. Parts may differ by a channel or a row where a width does
+    not divide by the device count; the collective then pads every part to the largest,
+    and the bytes here are the padded ones, which are what moves.
     """
 
     mode: str
@@ -75,6 +82,21 @@ class Exchange:
     bytes_fwd: Fraction
     bytes_bwd: Fraction
     per_rank: tuple[tuple[int, Fraction, Fraction], ...] = ()
+    parts: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def uneven(self) -> str:
+        """The parts where some group's differ, as text ("10/11/11"; groups joined by "; "), else ""."""
+        if all(len(set(p)) <= 1 for p in self.parts):
+            return ""
+        return "; ".join("/".join(str(n) for n in p) for p in self.parts)
+
+    def parts_of(self, rank: int) -> tuple[int, ...] | None:
+        """The parts of the group ``rank`` belongs to (None: the plan states none)."""
+        for g, p in zip(self.groups, self.parts, strict=False):
+            if rank in g:
+                return p
+        return None
 
     def received(self, rank: int) -> tuple[Fraction, Fraction]:
         """(forward, backward) bytes model-parallel rank ``rank`` receives per step."""
@@ -101,6 +123,7 @@ class Exchange:
             "exact": {"bytes_fwd": str(self.bytes_fwd), "bytes_bwd": str(self.bytes_bwd)},
             "per_rank": [{"rank": r, "bytes_fwd": round(f), "bytes_bwd": round(b),
                           "exact": [str(f), str(b)]} for r, f, b in self.per_rank],
+            "parts": [list(p) for p in self.parts],
         }
 
     @classmethod
@@ -112,6 +135,7 @@ class Exchange:
             Fraction(exact.get("bytes_bwd", d["bytes_bwd"])),
             tuple((int(p["rank"]), Fraction(p["exact"][0]), Fraction(p["exact"][1]))
                   for p in d.get("per_rank", [])),
+            tuple(tuple(int(n) for n in p) for p in d.get("parts", [])),
         )
 
 
@@ -130,6 +154,13 @@ class Placement:
     exchange: Exchange | None = None
     batch_split: bool = False
     stage: int = 0
+
+    def rows(self, batch: int, devices: int, rank: int) -> int:
+        """The batch rows ``rank`` computes here: all of them, or for a batch-split layer its
+        part [r*B//D, (r+1)*B//D), the parts differing by at most one row."""
+        if not self.batch_split:
+            return batch
+        return (rank + 1) * batch // devices - rank * batch // devices
 
     def shard(self, rank: int) -> Shard | None:
         for s in self.shards:

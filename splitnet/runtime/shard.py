@@ -19,7 +19,8 @@ from torch import nn
 from splitnet.comm.exchange import Link, all_reduce, gather, gather_logits, reduce_scatter
 from splitnet.comm.transport import Transport
 from splitnet.errors import SplitnetError
-from splitnet.layers import GroupLRN, SeededDropout, add_layer, grouped_linear
+from splitnet.layers import GroupLRN, SeededDropout, SegmentLRN, add_layer, grouped_linear
+from splitnet.partition.columns import group_need, lrn_reach
 from splitnet.partition.plan import PSEUDO, Placement, Plan, Shard
 from splitnet.reference import initial_bias, initial_weight
 from splitnet.spec import Layer, ModelSpec
@@ -38,18 +39,27 @@ class Weighted(nn.Module):
 
     def __init__(self, layer: Layer, weight: torch.Tensor, bias: torch.Tensor, groups: int,
                  read: tuple[int, int], pre: Link | None, pre_dim: int, post: Link | None,
-                 post_all: bool, out_range: tuple[int, int]) -> None:
+                 post_all: bool, out_range: tuple[int, int], rows: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias)
         self.op, self.stride, self.pad, self.groups = layer.op, layer.stride, layer.pad, groups
         self.read, self.pre, self.pre_dim, self.post, self.post_all = read, pre, pre_dim, post, post_all
         self.out_range, self.channels = out_range, layer.out
+        self.rows = rows  # unequal parts of towers: each tower's output rows, computed one by one
+
+    def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
+        if self.op == "conv":
+            return F.conv2d(x, weight, bias, self.stride, self.pad, 1, groups)
+        return grouped_linear(x, weight, bias, groups)
 
     def _compute(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.op == "conv":
-            return F.conv2d(x, self.weight, bias, self.stride, self.pad, 1, self.groups)
-        return grouped_linear(x, self.weight, bias, self.groups)
+        if not self.rows:
+            return self._op(x, self.weight, bias, self.groups)
+        towers = x.chunk(len(self.rows), dim=1)
+        weights = self.weight.split(list(self.rows))
+        biases = bias.split(list(self.rows)) if bias is not None else [None] * len(self.rows)
+        return torch.cat([self._op(t, w, b, 1) for t, w, b in zip(towers, weights, biases, strict=True)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre is not None:
@@ -71,23 +81,22 @@ class Weighted(nn.Module):
 
 class Weightless(nn.Module):
     """relu / lrn / maxpool / flatten / dropout on this rank's channels (LRN: optionally
-    after gathering the rest of its tower, keeping only its own channels afterwards)."""
+    after gathering its neighbours' channels, keeping only its own channels afterwards)."""
 
     def __init__(self, fn: nn.Module, pre: Link | None = None, keep: tuple[int, int] | None = None,
-                 window: tuple[int, int] = (0, 0)) -> None:
+                 span: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
-        self.fn, self.pre, self.keep, self.window = fn, pre, keep, window
+        self.fn, self.pre, self.keep, self.span = fn, pre, keep, span
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre is None or self.keep is None:
             return self.fn(x)
-        # Only the own channels and the window's reach on either side go on: a copy, so the
-        # gathered tower is freed at once and backward keeps (own + halo) channels, not the tower.
-        tower = gather(x, self.pre, 1)
-        lo = max(0, self.keep[0] - self.window[0])
-        hi = min(tower.shape[1], self.keep[1] + self.window[1])
-        y = self.fn(tower[:, lo:hi].contiguous())
-        return y[:, self.keep[0] - lo:self.keep[1] - lo]
+        # Only the own channels and the window's reach on either side (``span`` of the gathered
+        # channels) go on: a copy, so the gathered tensor is freed at once and backward keeps
+        # (own + halo) channels, not everything gathered.
+        gathered = gather(x, self.pre, 1)
+        y = self.fn(gathered[:, self.span[0]:self.span[1]].contiguous())
+        return y[:, self.keep[0]:self.keep[1]]
 
 
 class ShardNet(nn.Module):
@@ -99,10 +108,15 @@ class ShardNet(nn.Module):
         self.names: list[str] = []
         self.loss_link: Link | None = None
         self.batch_split = False
+        self.split_dropouts: list[str] = []  # dropout layers that see this device's part of the batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.batch_split:  # hybrid: this device's slice of the batch
-            x = x.chunk(self.plan.devices)[self.mp_rank]
+        if self.batch_split:  # hybrid: this device's part of the batch, rows [r*B//D, (r+1)*B//D)
+            d, batch = self.plan.devices, x.shape[0]
+            first = self.mp_rank * batch // d
+            x = x[first:(self.mp_rank + 1) * batch // d]
+            for name in self.split_dropouts:
+                getattr(self, name).fn.first_row = first
         for name in self.names:
             x = getattr(self, name)(x)
         if x.dim() == 4 and self.names and self.names[-1] == self.spec.layers[-1].name:
@@ -117,7 +131,9 @@ def _link(transport: Transport, placement: Placement, mp_rank: int) -> Link | No
     if ex is None:
         return None
     group = ex.group_of(mp_rank)
-    return None if group is None or len(group) < 2 else Link(transport, placement.name, group)
+    if group is None or len(group) < 2:
+        return None
+    return Link(transport, placement.name, group, ex.parts_of(mp_rank))
 
 
 def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
@@ -152,10 +168,11 @@ def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
             module = _weighted(spec, layer, shard, held, seed, link, mode, summed)
             held = (0, layer.out) if summed else shard.out
         else:
-            module, held = _weightless(layer, shard.out, held, seed, link if mode == "gather" else None,
-                                       placement.batch_split, mp)
+            module, held = _weightless(layer, shard.out, held, seed, link if mode == "gather" else None)
         add_layer(net, layer.name, module)
         net.names.append(layer.name)
+        if layer.op == "dropout" and placement.batch_split:
+            net.split_dropouts.append(layer.name)
         prev = placement
     loss = plan.placement("loss")
     if loss.exchange is not None and any(mp in g for g in loss.exchange.groups):
@@ -170,16 +187,18 @@ def _weighted(spec: ModelSpec, layer: Layer, shard: Shard, held: tuple[int, int]
     if shard.cols is not None:  # reduce mode: all output rows, this rank's input columns
         c0, c1 = shard.cols
         weight = initial_weight(spec, layer, seed, cols=(c0, c1))
-        need, groups = (c0, c1), 1
+        need, groups, uneven = (c0, c1), 1, ()
     else:
         weight = initial_weight(spec, layer, seed, range(out0, out1))
         if layer.connect == "full":
-            need, groups = (0, c_in), 1
+            need, groups, uneven = (0, c_in), 1, ()
         else:
-            per_out, per_in = layer.out // layer.groups, c_in // layer.groups
-            g0, g1 = out0 // per_out, -(-out1 // per_out)
-            need = (g0 * per_in, g1 * per_in)
-            groups = g1 - g0 if (out1 - out0) == (g1 - g0) * per_out else 1
+            per_out = layer.out // layer.groups
+            need = group_need(layer, shard.out)
+            # each tower's rows of this shard: one grouped op when they are equal, else one op per tower
+            rows = tuple(min(out1, (g + 1) * per_out) - max(out0, g * per_out)
+                         for g in range(out0 // per_out, -(-out1 // per_out)))
+            groups, uneven = (len(rows), ()) if len(set(rows)) == 1 else (1, rows)
     if not (held[0] <= need[0] and need[1] <= held[1]):
         raise SplitnetError(f"layer {layer.name!r}: the rank reads input channels {need} but holds {held}; "
                             "the plan is inconsistent")
@@ -187,11 +206,11 @@ def _weighted(spec: ModelSpec, layer: Layer, shard: Shard, held: tuple[int, int]
     pre = link if mode in ("gather", "batch") else None
     post = link if mode == "reduce" else None
     return Weighted(layer, weight, initial_bias(layer, range(out0, out1)), groups, read, pre,
-                    0 if mode == "batch" else 1, post, summed, (out0, out1))
+                    0 if mode == "batch" else 1, post, summed, (out0, out1), uneven)
 
 
-def _weightless(layer: Layer, out: tuple[int, int], held: tuple[int, int], seed: int, link: Link | None,
-                batch_split: bool, mp: int) -> tuple[nn.Module, tuple[int, int]]:
+def _weightless(layer: Layer, out: tuple[int, int], held: tuple[int, int], seed: int,
+                link: Link | None) -> tuple[nn.Module, tuple[int, int]]:
     c = layer.in_shape[0]
     per_group = c // layer.groups
     if layer.op == "relu":
@@ -202,16 +221,16 @@ def _weightless(layer: Layer, out: tuple[int, int], held: tuple[int, int], seed:
         spatial = layer.in_shape[1] * layer.in_shape[2]
         return Weightless(nn.Flatten()), (held[0] * spatial, held[1] * spatial)
     if layer.op == "dropout":
-        return Weightless(SeededDropout(layer.p, seed, layer.name, (held[0], held[1], c),
-                                        rows_part=mp if batch_split else 0)), held
+        return Weightless(SeededDropout(layer.p, seed, layer.name, (held[0], held[1], c))), held
     if layer.op == "lrn":
-        if link is not None:  # this tower spans several devices: normalise the whole tower, keep ours
-            lrn = GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, 1)
-            tower0 = (out[0] // per_group) * per_group
-            # channel c's window is [c - size//2, c + (size-1)//2] (torch's padding); beyond the
-            # tower's edge it reads zeros, as the per-group reference does
-            window = (layer.size // 2, (layer.size - 1) // 2)
-            return Weightless(lrn, link, (out[0] - tower0, out[1] - tower0), window), out
+        if link is not None:  # ``held``: the channels gathered; normalise ours and their reach, keep ours
+            lo, hi = lrn_reach(layer, out)
+            # beyond a tower's edge the window reads zeros, as the per-group reference does
+            cuts = [lo, *range((lo // per_group + 1) * per_group, hi, per_group), hi]
+            widths = tuple(b - a for a, b in zip(cuts, cuts[1:], strict=False))
+            lrn: nn.Module = GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, 1) if len(widths) == 1 \
+                else SegmentLRN(layer.size, layer.alpha, layer.beta, layer.k, widths)
+            return Weightless(lrn, link, (out[0] - lo, out[1] - lo), (lo - held[0], hi - held[0])), out
         width = held[1] - held[0]
         if layer.size == 1:  # a window of one channel never crosses a group (the plan has no exchange)
             return Weightless(GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, 1)), held
