@@ -29,8 +29,9 @@ k = min(M, D - s) micro-batches (``in_flight``): its peak is a steady-state back
 with k micro-batches' saved tensors, inputs and outputs; when there is a steady phase
 (M > D - s) that backward is not the stage's first, so every parameter gradient exists
 already (each layer's new one is a temporary added into it), and the previous
-micro-batch's input gradient waits until the stage before has taken it. The last stage keeps every
-micro-batch's logits (the step returns them) and the log-softmax of those in flight.
+micro-batch's input gradient waits until the stage before has taken it. The last stage
+keeps every micro-batch's logits (the step returns them) and the log-softmax of those in
+flight.
 """
 
 from __future__ import annotations
