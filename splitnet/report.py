@@ -79,7 +79,7 @@ def _exchange(ex: Exchange | None) -> tuple[str, str, str]:
 def plan_table(plan: Plan) -> str:
     head = (f"{plan.model}: {plan.strategy} over {plan.devices} device(s) x {plan.replicas} replica(s), "
             f"batch {plan.batch_size} per replica"
-            + (f", {plan.microbatches} micro-batches" if plan.strategy == "pipeline" else ""))
+            + (f", {plan.microbatches} micro-batches, {plan.schedule} schedule" if plan.strategy == "pipeline" else ""))
     rows = []
     for p in plan.layers:
         what, fwd, bwd = _exchange(p.exchange)

@@ -36,6 +36,10 @@ CASES = [
     pytest.param(verify_cfg(partition="pipeline", devices=2, microbatches=4), {}, id="pipeline-D2-M4"),
     pytest.param(verify_cfg(partition="pipeline", devices=3, microbatches=1), {}, id="pipeline-D3-M1"),
     pytest.param(verify_cfg(partition="pipeline", devices=3, microbatches=4), {}, id="pipeline-D3-M4"),
+    pytest.param(verify_cfg(partition="pipeline", devices=2, microbatches=4, schedule="1f1b"), {},
+                 id="pipeline-1f1b-D2-M4"),
+    pytest.param(verify_cfg(partition="pipeline", devices=3, microbatches=4, schedule="1f1b"), {},
+                 id="pipeline-1f1b-D3-M4"),
     pytest.param(verify_cfg(partition="hybrid", devices=2, exchange="gather"),
                  {"fc6": "batch", "fc7": "gather", "loss": "logits", "conv_grads": "grads"}, id="hybrid-D2"),
     pytest.param(verify_cfg(devices=2, replicas=2, exchange="reduce"),
@@ -68,6 +72,7 @@ def test_split_equals_reference(cfg, must_talk):
     if plan.strategy == "pipeline":  # stage s+1's first layer receives from stage s, nothing else talks
         assert [ex.mode for ex in exchanges.values()] == ["send"] * (plan.devices - 1)
         assert plan.microbatches == cfg["partition"]["microbatches"]
+        assert plan.schedule == cfg["partition"]["schedule"]
     if plan.devices == 1:
         assert exchanges == {}
 

@@ -5,9 +5,10 @@
   network on B/D samples (what a user would otherwise run);
 - ``gpipe`` / ``1f1b``: ``torch.distributed.pipelining`` schedules on the stage split and
   micro-batch count of splitnet's own pipeline plan;
-- splitnet: ``columns_gather`` (the 2012 exchanges), ``columns_auto``, ``pipeline``,
-  ``hybrid``, ``replicas`` (R x 1 device) and ``replicas_columns`` (R x D columns);
-  replicas take B/R samples each, so the global batch stays B.
+- splitnet: ``columns_gather`` (the 2012 exchanges), ``columns_auto``, ``pipeline``
+  (GPipe order), ``pipeline_1f1b`` (the same plan in 1F1B order), ``hybrid``, ``replicas``
+  (R x 1 device) and ``replicas_columns`` (R x D columns); replicas take B/R samples each,
+  so the global batch stays B.
 
 Pure: reads a spec and a config, makes plans, starts nothing.
 """
@@ -21,8 +22,8 @@ from splitnet.errors import SplitnetError
 from splitnet.partition import Mesh, make_plan
 from splitnet.spec import ModelSpec
 
-KINDS = ("reference", "ddp", "gpipe", "1f1b", "columns_gather", "columns_auto", "pipeline", "hybrid",
-         "replicas", "replicas_columns")
+KINDS = ("reference", "ddp", "gpipe", "1f1b", "columns_gather", "columns_auto", "pipeline", "pipeline_1f1b",
+         "hybrid", "replicas", "replicas_columns")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ def contenders(spec: ModelSpec, batch: int, devices: int, replicas: int, microba
 
     d, r, m = devices, replicas, microbatches
     pipe = plan({"strategy": "pipeline", "microbatches": m}, Mesh(d), batch)
+    pipe_1f1b = plan({"strategy": "pipeline", "microbatches": m, "schedule": "1f1b"}, Mesh(d), batch)
     made = {
         "reference": Contender("reference", "reference (1 process)", 1),
         "ddp": Contender("ddp", f"torch DDP x{d}", d),
@@ -76,6 +78,7 @@ def contenders(spec: ModelSpec, batch: int, devices: int, replicas: int, microba
         "columns_auto": Contender("columns_auto", f"columns D={d} (auto)", d,
                                   plan({"strategy": "columns", "exchange": "auto"}, Mesh(d), batch)),
         "pipeline": Contender("pipeline", f"pipeline D={d} M={m}", d, pipe),
+        "pipeline_1f1b": Contender("pipeline_1f1b", f"pipeline 1F1B D={d} M={m}", d, pipe_1f1b),
         "hybrid": Contender("hybrid", f"hybrid D={d}", d,
                             plan({"strategy": "hybrid", "exchange": "auto"}, Mesh(d), batch)),
         "replicas": Contender("replicas", f"replicas {r} x D=1", r,

@@ -14,10 +14,13 @@ from splitnet.partition.plan import Exchange, Placement, Plan, Shard, ring_bytes
 from splitnet.spec import ModelSpec
 
 STRATEGIES = ("columns", "pipeline", "hybrid", "auto")
-_KEYS = {"strategy", "exchange", "balance", "boundaries", "microbatches"}
+# A pipeline's micro-batch order: gpipe runs every forward, then every backward; 1f1b
+# alternates after a warm-up, so stage s holds at most min(M, D - s) micro-batches.
+SCHEDULES = ("gpipe", "1f1b")
+_KEYS = {"strategy", "exchange", "balance", "boundaries", "microbatches", "schedule"}
 
 __all__ = ["Mesh", "MeshError", "PartitionError", "Plan", "Placement", "Shard", "Exchange",
-           "make_plan", "parse_bytes", "STRATEGIES"]
+           "make_plan", "parse_bytes", "STRATEGIES", "SCHEDULES"]
 
 
 def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Mapping[str, Any],
@@ -32,9 +35,11 @@ def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Map
     if strategy == "pipeline":
         m = int(cfg.get("microbatches", 1))
         bubble = (devices - 1) / (m + devices - 1)
+        order = ("1F1B schedule: stage s holds at most min(M, D-s) micro-batches"
+                 if cfg.get("schedule", "gpipe") == "1f1b" else "GPipe schedule: every forward, then every backward")
         return (f"pipeline: {devices} stages of whole layers (shares of {cfg.get('balance', 'flops')}: "
                 f"{', '.join(f'{s:.0%}' for s in share)}), {m} micro-batch(es), idle fraction "
-                f"(D-1)/(M+D-1) = {bubble:.0%}; devices talk only at {where}")
+                f"(D-1)/(M+D-1) = {bubble:.0%}, {order}; devices talk only at {where}")
     return (f"hybrid: conv layers replicated, each of {devices} device(s) takes 1/{devices} of the "
             f"batch; fully-connected layers sharded by columns; devices talk only at {where}")
 
@@ -44,6 +49,12 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
     d = mesh.devices
     share: tuple[float, ...] = ()
     microbatches = 1
+    schedule = str(cfg.get("schedule", "gpipe"))
+    if schedule not in SCHEDULES:
+        raise PartitionError(f"{strategy}: partition.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if schedule != "gpipe" and strategy != "pipeline":
+        raise PartitionError(f"{strategy}: partition.schedule={schedule!r} orders a pipeline's micro-batches; "
+                             "use partition=pipeline, or leave partition.schedule out")
     if strategy == "columns":
         rows = columns(spec, d, str(cfg.get("exchange", "auto")), batch, dtype_bytes)
     elif strategy == "pipeline":
@@ -58,7 +69,7 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
         rows = hybrid(spec, d, str(cfg.get("exchange", "auto")), batch, dtype_bytes)
     else:
         raise PartitionError(f"partition.strategy={strategy!r}; valid: {', '.join(STRATEGIES)}")
-    costs = device_costs(spec, rows, d, batch, dtype_bytes, microbatches)
+    costs = device_costs(spec, rows, d, batch, dtype_bytes, microbatches, schedule)
     if mesh.replicas > 1:
         r = mesh.replicas
         per_rank = tuple((c.rank, ring_bytes("none", 0, r), ring_bytes("all_reduce", c.param_bytes, r))
@@ -67,7 +78,8 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
             "grads", "none", "all_reduce", (), per_rank[0][1], max(p[2] for p in per_rank), per_rank)))
     costs = with_bytes_in(costs, rows)
     return Plan(spec.name, strategy, d, mesh.replicas, batch, microbatches, dtype_bytes, tuple(rows),
-                tuple(costs), _rationale(rows, strategy, d, cfg, share), share, spec.total_params)
+                tuple(costs), _rationale(rows, strategy, d, cfg, share), share, spec.total_params,
+                schedule=schedule)
 
 
 def make_plan(spec: ModelSpec, partition: Mapping[str, Any], mesh: Mesh, batch_size: int,

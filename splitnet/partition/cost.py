@@ -32,8 +32,9 @@ def shard_params(layer: Layer, shard: Shard) -> int:
 
 
 def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, batch: int,
-                 dtype_bytes: int, microbatches: int = 1) -> list[DeviceCost]:
-    """DeviceCost per model-parallel rank; ``bytes_in`` is filled in by ``with_bytes_in``."""
+                 dtype_bytes: int, microbatches: int = 1, schedule: str = "gpipe") -> list[DeviceCost]:
+    """DeviceCost per model-parallel rank; ``bytes_in`` is filled in by ``with_bytes_in``;
+    ``schedule``: a pipeline's micro-batch order, which sets how many it holds at once."""
     costs = []
     for rank in range(devices):
         params = flops = 0
@@ -53,7 +54,7 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
                 (shard.out[1] - shard.out[0]) / layer.out_shape[0]
             flops += round(3 * layer.flops * share * rows)
         pbytes = params * dtype_bytes
-        held = held_bytes(spec, placements, rank, batch, devices, microbatches, dtype_bytes, per_layer)
+        held = held_bytes(spec, placements, rank, batch, devices, microbatches, dtype_bytes, per_layer, schedule)
         costs.append(DeviceCost(rank, params, pbytes, pbytes, pbytes, held.peak - 3 * pbytes, flops, 0))
     return costs
 

@@ -20,10 +20,18 @@ A pure walk over the plan that follows what torch's autograd keeps (measured wit
 - the optimizer step: gradients complete, plus weight decay's copy of the largest
   parameter tensor; gradient sums over buckets: one flat copy of the summed gradients.
 
-The peak is the largest of those moments. A pipeline stage keeps every micro-batch's
-saved tensors until backward starts (together, the whole batch); its first backward
-runs on one micro-batch while the others' saved tensors still wait, so that is where
-its peak lies. A stage that sends on also keeps its outputs for that backward.
+The peak is the largest of those moments. A pipeline stage under GPipe keeps every
+micro-batch's saved tensors until backward starts (together, the whole batch); its
+first backward runs on one micro-batch while the others' saved tensors still wait, so
+that is where its peak lies. A stage that sends on also keeps its outputs for that
+backward, and a stage that receives keeps its inputs. Under 1F1B stage s holds at most
+k = min(M, D - s) micro-batches (``in_flight``): its peak is a steady-state backward
+with k micro-batches' saved tensors, inputs and outputs; when there is a steady phase
+(M > D - s) that backward is not the stage's first, so every parameter gradient exists
+already (each layer's new one is a temporary added into it), and the previous
+micro-batch's input gradient waits until the stage before has taken it. The last stage
+keeps every micro-batch's logits (the step returns them) and the log-softmax of those in
+flight.
 """
 
 from __future__ import annotations
@@ -62,11 +70,17 @@ def _talks(p: Placement, rank: int) -> bool:
     return ex is not None and (group := ex.group_of(rank)) is not None and len(group) > 1
 
 
+def in_flight(schedule: str, microbatches: int, devices: int, stage: int) -> int:
+    """The most micro-batches whose saved tensors pipeline stage ``stage`` holds at once."""
+    return min(microbatches, devices - stage) if schedule == "1f1b" else microbatches
+
+
 def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: int, devices: int,
-               microbatches: int, dtype_bytes: int, param_bytes: dict[str, int]) -> Held:
+               microbatches: int, dtype_bytes: int, param_bytes: dict[str, int], schedule: str = "gpipe") -> Held:
     """Predicted input, saved-for-backward and peak bytes of model-parallel rank ``rank``.
 
-    ``param_bytes[layer]``: the bytes of that layer's parameters on this rank."""
+    ``param_bytes[layer]``: the bytes of that layer's parameters on this rank; ``schedule``:
+    a pipeline's micro-batch order (gpipe or 1f1b)."""
     b = dtype_bytes
     input_bytes = batch * prod(spec.input_shape) * b + batch * INDEX_BYTES
     mine = [p for p in placements if p.shard(rank) is not None]
@@ -134,25 +148,35 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
         grads_in.append(grad_in)
         grads_out.append(out)
         prev = out
+    # backward: one micro-batch's gradients at a time on a pipeline stage, while k of them
+    # (every one under GPipe) keep their saved tensors
+    share = microbatches
+    k = in_flight(schedule, microbatches, devices, rank)
     # the whole logits and their log-softmax, on every rank that computes the loss
     last = spec.layers[-1].name
     computes_loss = any(p.name == last and (p.shard(rank) is not None) for p in placements)
-    forward = sum(saved) + (2 * batch * prod(spec.layers[-1].out_shape) * b if computes_loss else 0)
-    # backward: one micro-batch's gradients at a time on a pipeline stage
-    share = microbatches
-    # a pipeline stage that sends on keeps every micro-batch's output for its backward, and
-    # receives one output gradient at a time
+    logits = batch * prod(spec.layers[-1].out_shape) * b if computes_loss else 0
+    forward = sum(saved) * k // share + logits + logits * k // share
+    # a pipeline stage that sends on keeps each held micro-batch's output for its backward,
+    # and receives one output gradient at a time
     sends = any(p.exchange is not None and p.exchange.mode == "send" and p.exchange.groups[0][0] == rank
                 for p in placements)
     handed_on = prev if sends else 0
+    # 1F1B with a steady phase: its peak backward is not the stage's first, so every
+    # parameter gradient already exists, and the previous input gradient is still on its way
+    steady = k < share
+    waiting_grad = received // share if steady else 0
     params = sum(param_bytes.values())
-    fixed = 2 * params + input_bytes + received + handed_on  # parameters, momentum, the batch
-    live, grads = forward, 0
+    # parameters, momentum, the batch, the held micro-batches' inputs and outputs
+    fixed = 2 * params + input_bytes + (received + handed_on) * k // share + waiting_grad
+    live, grads = forward, params if steady else 0
     best = (fixed + forward, "end of forward")
     for p, keep, g_in, g_out in zip(reversed(mine), reversed(saved), reversed(grads_in), reversed(grads_out),
                                     strict=True):
-        grads += param_bytes.get(p.name, 0)
+        grads += 0 if steady else param_bytes.get(p.name, 0)
         temp = (g_in + g_out + BACKWARD_TEMP.get(p.op, 0) * g_out + handed_on) // share
+        if steady:  # a weight gradient made anew, then added into the one that exists
+            temp += param_bytes.get(p.name, 0)
         best = max(best, (fixed + live + grads + temp, f"backward of {p.name}"))
         live -= keep // share  # the first micro-batch's backward releases its share only
     largest = max((param_bytes.get(p.name, 0) for p in mine), default=0)

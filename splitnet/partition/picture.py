@@ -216,7 +216,7 @@ def draw_plan(spec: ModelSpec, plan: Plan, path: str | Path) -> Path:
     rows = _rows(spec, plan)
     height = _HEAD_H + sum(h for h, _ in rows) + 0.6
     c = _Canvas(plan.devices, height)
-    micro = f" · {plan.microbatches} micro-batches" if plan.strategy == "pipeline" else ""
+    micro = f" · {plan.microbatches} micro-batches, {plan.schedule}" if plan.strategy == "pipeline" else ""
     c.text(0.3, 0.4, f"{plan.model} · {plan.strategy}", 12, fontweight="bold")
     c.text(0.3, 0.9, f"mesh {plan.replicas} replica(s) x {plan.devices} device(s) · batch {plan.batch_size}"
            f"{micro} · {plan.model_params or spec.total_params:,} parameters", 8.5)

@@ -233,6 +233,7 @@ class Plan:
     stage_share: tuple[float, ...] = ()
     model_params: int = 0
     candidates: tuple[dict[str, Any], ...] = ()
+    schedule: str = "gpipe"  # pipeline micro-batch order: gpipe (fill-drain) or 1f1b
 
     def placement(self, name: str) -> Placement:
         for p in self.layers:
@@ -277,6 +278,7 @@ class Plan:
                        "exchange_bytes_per_step": self.total_exchange_bytes},
             "rationale": self.rationale, "stage_share": list(self.stage_share),
             "candidates": list(self.candidates),
+            "schedule": self.schedule,
         }
 
     @classmethod
@@ -288,6 +290,7 @@ class Plan:
             tuple(DeviceCost.from_dict(c) for c in d.get("devices", [])),
             d.get("rationale", ""), tuple(d.get("stage_share", ())),
             int(d.get("totals", {}).get("params", 0)), tuple(d.get("candidates", ())),
+            str(d.get("schedule", "gpipe")),
         )
 
     def to_json(self) -> str:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from splitnet.comm.buckets import GradBuckets
 from splitnet.comm.transport import Transport
 from splitnet.layers import set_step
-from splitnet.runtime.schedule import gpipe_step
+from splitnet.runtime.schedule import pipeline_step
 from splitnet.runtime.shard import ShardNet
 
 
@@ -32,9 +32,9 @@ def forward_backward(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transpor
     batch = x.shape[0]
     row_offset, full_batch = transport.replica * batch, plan.replicas * batch
     syncs = gradient_syncs(shard, transport)
-    if plan.strategy == "pipeline":
-        loss, logits = gpipe_step(shard, x, y, transport, step, row_offset, full_batch,
-                                  before_last_backward=syncs.arm)
+    if plan.strategy == "pipeline":  # in the plan's schedule: gpipe or 1f1b
+        loss, logits = pipeline_step(shard, x, y, transport, step, row_offset, full_batch,
+                                     before_last_backward=syncs.arm)
     else:
         set_step(shard, step, row_offset, full_batch)
         logits = shard(x)
