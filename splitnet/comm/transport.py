@@ -79,6 +79,12 @@ class Transport:
             raise SplitnetError(f"the plan's mesh has {self.mesh.world_size} ranks (replicas "
                                 f"{plan.replicas} x devices {plan.devices}) but the launcher started "
                                 f"{dist.get_world_size()}")
+        if plan.schedule == "1f1b" and dist.get_backend() == "nccl":
+            # In 1F1B's steady phase neighbours send to each other at once (an activation one
+            # way, a gradient the other); NCCL runs a pair's transfers in issue order, so two
+            # unmatched sends can wait on each other. gloo matches by tag and never does.
+            raise SplitnetError("partition.schedule=1f1b runs on gloo only for now: its crossing sends "
+                                "can deadlock under NCCL; use partition.schedule=gpipe on GPUs")
         wanted = {tuple(range(plan.devices))}
         for ex in plan.exchanges().values():  # point-to-point sends need no group of their own
             if ex.collective != "send":
