@@ -287,6 +287,10 @@ def test_a_group_layer_sums_partial_outputs_within_a_tower_when_that_moves_less(
     assert held == 0  # the same weights, cut the other way: every rank 128 x 96 x 3 x 3 + 64
     # conv2 widens its towers (48 -> 128 channels at 27x27): gathering stays cheaper
     assert plan.placement("conv2").exchange.mode == "gather"
+    # conv4 (192 -> 192) moves the same bytes either way; summing keeps 96 input channels for
+    # backward instead of the tower's 192, so it wins the tie
+    conv4 = plan.placement("conv4").exchange
+    assert conv4.mode == "reduce" and conv4.bytes_fwd == 96 * 13 * 13 * B * F
     assert plan_of(alexnet, devices=4, exchange="reduce").placement("conv2").exchange.mode == "reduce"
 
 

@@ -101,7 +101,7 @@ def test_resume_continues_the_same_run_bitwise(straight, tmp_path):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mesh", [["mesh.devices=1"], ["partition=pipeline", "partition.microbatches=2"],
+@pytest.mark.parametrize("mesh", [["partition=pipeline", "partition.microbatches=2"],
                                   ["mesh.devices=3"]])  # 3 devices: uneven shards of every layer
 def test_resume_on_another_mesh(straight, tmp_path, mesh):
     train(tmp_path, *FAST, "train.epochs=1")

@@ -22,7 +22,9 @@ it does not hold:
   the tower (``reduce``: each device applies its tower's weight rows at the input columns
   it holds; reduce-scatter forward, all-gather backward), chosen per layer like a
   connecting layer's mode: ``auto`` takes the fewer bytes (alexnet over 4 devices: conv5,
-  whose 192 input channels per tower become 128);
+  whose 192 input channels per tower become 128) and, where the bytes tie, the mode that
+  keeps less for backward (the sum: a device keeps only its own input channels, not the
+  tower's; alexnet's conv4, 192 channels in and out);
 - the loss, if the last layer's output is sharded: the logits are all-gathered (every
   device then computes the same loss, so the backward needs no exchange).
 
@@ -244,7 +246,12 @@ def shard_columns(spec: ModelSpec, layers: Sequence[Layer], devices: int, exchan
                     unit_out = rows * prod(layer.out_shape[1:]) * dtype_bytes
                     reduce = parted("reduce", "reduce_scatter", "all_gather", groups,
                                     tuple(_widths(outs, g) for g in groups), unit_out)
-                    if exchange == "reduce" or reduce.bytes_fwd + reduce.bytes_bwd < ex.bytes_fwd + ex.bytes_bwd:
+                    # fewer bytes first; on a tie, less held for backward: a gathering conv keeps the
+                    # tower's assembled input, a summing one only the channels it holds
+                    kept_gather = max(sum(p) for p in ex.parts) * unit_in
+                    kept_reduce = max(b - a for a, b in held) * unit_in
+                    if exchange == "reduce" or (reduce.bytes_fwd + reduce.bytes_bwd, kept_reduce) < (
+                            ex.bytes_fwd + ex.bytes_bwd, kept_gather):
                         shards = _tower_columns(layer, held, outs, towers)
                         ex = reduce
             summed = ex is not None and ex.collective == "all_reduce"
