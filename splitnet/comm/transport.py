@@ -180,9 +180,8 @@ class Transport:
             work = dist.reduce_scatter(out, parts, group=self.group(mp_ranks), async_op=True)
             self.wait(self._issue(work, self._global(mp_ranks)), layer, "reduce_scatter")
             self.meter.record(layer, direction, "reduce_scatter", out.numel() * out.element_size() * k, k)
-            if sizes is not None and out.shape[dim] != sizes[mp_ranks.index(self.mp_rank)]:
-                out = out.narrow(dim, 0, sizes[mp_ranks.index(self.mp_rank)])
-            return out
+            own = sizes[mp_ranks.index(self.mp_rank)] if sizes is not None else out.shape[dim]
+            return out.narrow(dim, 0, own) if own != out.shape[dim] else out
 
     def all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> torch.Tensor:
         with record_function(f"splitnet.exchange:{layer}"):

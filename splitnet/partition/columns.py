@@ -39,7 +39,7 @@ from fractions import Fraction
 from math import prod
 
 from splitnet.errors import SplitnetError
-from splitnet.partition.plan import Exchange, Placement, Shard, ring_bytes
+from splitnet.partition.plan import Exchange, Placement, Shard, ring_bytes, split
 from splitnet.spec import Layer, ModelSpec
 
 Range = tuple[int, int]
@@ -47,11 +47,6 @@ Range = tuple[int, int]
 
 class PartitionError(SplitnetError, ValueError):
     pass
-
-
-def split(channels: int, devices: int, rank: int) -> Range:
-    """Rank ``rank``'s contiguous share of ``channels``: sizes differ by at most one."""
-    return (rank * channels // devices, (rank + 1) * channels // devices)
 
 
 def check_devices(spec: ModelSpec, layers: Sequence[Layer], devices: int, strategy: str) -> None:

@@ -25,10 +25,16 @@ def shard_params(layer: Layer, shard: Shard) -> int:
     if not layer.weighted:
         return 0
     kernel = layer.kernel**2 if layer.op == "conv" else 1
-    out0, out1 = shard.out
-    rows0, rows1 = shard.weight_rows(layer.out)  # reduce mode: every row (or a tower's), some columns
+    rows, cols = _weight_block(layer, shard)
+    return rows * cols * kernel + (shard.out[1] - shard.out[0])
+
+
+def _weight_block(layer: Layer, shard: Shard) -> tuple[int, int]:
+    """(rows, columns) of the weight a rank holds: its output rows, or in reduce mode every
+    row (or its tower's) at the columns of the inputs it holds."""
+    rows0, rows1 = shard.weight_rows(layer.out)
     cols = shard.cols[1] - shard.cols[0] if shard.cols is not None else layer.in_per_group
-    return (rows1 - rows0) * cols * kernel + (out1 - out0)
+    return rows1 - rows0, cols
 
 
 def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, batch: int,
@@ -48,10 +54,11 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
             count = shard_params(layer, shard)
             params += count
             per_layer[p.name] = count * dtype_bytes
-            rows0, rows1 = shard.weight_rows(layer.out)
-            cols = shard.cols[1] - shard.cols[0] if shard.cols is not None else layer.in_per_group
-            share = (rows1 - rows0) * cols / (layer.out * layer.in_per_group) if layer.weighted else \
-                (shard.out[1] - shard.out[0]) / layer.out_shape[0]
+            if layer.weighted:
+                block_rows, block_cols = _weight_block(layer, shard)
+                share = block_rows * block_cols / (layer.out * layer.in_per_group)
+            else:
+                share = (shard.out[1] - shard.out[0]) / layer.out_shape[0]
             flops += round(3 * layer.flops * share * rows)
         pbytes = params * dtype_bytes
         held = held_bytes(spec, placements, rank, batch, devices, microbatches, dtype_bytes, per_layer, schedule)

@@ -14,9 +14,9 @@ from __future__ import annotations
 from fractions import Fraction
 from math import prod
 
-from splitnet.partition.columns import PartitionError, loss_placement, parted, shard_columns, split
+from splitnet.partition.columns import PartitionError, loss_placement, parted, shard_columns
 from splitnet.partition.cost import shard_params
-from splitnet.partition.plan import Exchange, Placement, Shard, ring_bytes
+from splitnet.partition.plan import Exchange, Placement, Shard, ring_bytes, split
 from splitnet.spec import ModelSpec
 
 

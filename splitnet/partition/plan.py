@@ -39,6 +39,12 @@ def ring_bytes(collective: str, nbytes: int, k: int) -> Fraction:
     raise ValueError(f"unknown collective {collective!r}")
 
 
+def split(size: int, devices: int, rank: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share [r*S//D, (r+1)*S//D) of ``size`` channels or batch
+    rows: the shares differ by at most one."""
+    return (rank * size // devices, (rank + 1) * size // devices)
+
+
 @dataclass(frozen=True)
 class Shard:
     """What one rank computes of a layer: output channels [out0, out1), and for a
@@ -172,7 +178,8 @@ class Placement:
         part [r*B//D, (r+1)*B//D), the parts differing by at most one row."""
         if not self.batch_split:
             return batch
-        return (rank + 1) * batch // devices - rank * batch // devices
+        first, end = split(batch, devices, rank)
+        return end - first
 
     def shard(self, rank: int) -> Shard | None:
         for s in self.shards:

@@ -21,7 +21,7 @@ from splitnet.comm.transport import Transport
 from splitnet.errors import SplitnetError
 from splitnet.layers import GroupLRN, SeededDropout, SegmentLRN, add_layer, grouped_linear
 from splitnet.partition.columns import group_need, halo_moves, lrn_reach
-from splitnet.partition.plan import PSEUDO, Placement, Plan, Shard
+from splitnet.partition.plan import PSEUDO, Placement, Plan, Shard, split
 from splitnet.reference import initial_bias, initial_weight
 from splitnet.spec import Layer, ModelSpec
 
@@ -117,9 +117,8 @@ class ShardNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.batch_split:  # hybrid: this device's part of the batch, rows [r*B//D, (r+1)*B//D)
-            d, batch = self.plan.devices, x.shape[0]
-            first = self.mp_rank * batch // d
-            x = x[first:(self.mp_rank + 1) * batch // d]
+            first, end = split(x.shape[0], self.plan.devices, self.mp_rank)
+            x = x[first:end]
             for name in self.split_dropouts:
                 getattr(self, name).fn.first_row = first
         for name in self.names:
