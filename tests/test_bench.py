@@ -40,10 +40,11 @@ def test_cpu_ratios_are_taken_within_a_round_too():
 def test_contenders_share_a_launch_per_process_count_and_bad_batches_are_refused(alexnet_small):
     order = contenders(alexnet_small, 16, 2, 2, 4)
     assert [c.key for c in order][:2] == ["reference", "ddp"]
-    assert [[c.world for c in group] for group in launches(order)] == [[1], [2] * 9, [4]]
+    assert [[c.world for c in group] for group in launches(order)] == [[1], [2] * 10, [4]]
     gpipe = next(c for c in order if c.key == "gpipe")
     assert gpipe.stages[0][0] == "conv1" and gpipe.stages[1][-1] == "fc8" and gpipe.microbatches == 4
     assert sum(len(s) for s in gpipe.stages) == len(alexnet_small.layers)
+    assert next(c for c in order if c.key == "columns_chunked").plan["chunks"] == 2
     with pytest.raises(SplitnetError, match=r"batch_size=12 .*multiple of 16"):
         contenders(alexnet_small, 12, 2, 2, 4)
     with pytest.raises(SplitnetError, match=r"bench.contenders: unknown \['ddpp'\]"):
@@ -55,9 +56,10 @@ def test_bench_needs_a_suite(capsys):
     assert "name a suite first: throughput | bytes | data | all" in capsys.readouterr().err
 
 
-# every kind of code path (one process, DDP, torch pipelining, splitnet with collectives, point
-# to point and gradient buckets) in two launches; the other strategies are proven in test_runtime_*
-SMOKE = ["reference", "ddp", "gpipe", "1f1b", "columns_gather", "pipeline", "pipeline_1f1b", "replicas"]
+# every kind of code path (one process, DDP, torch pipelining, splitnet with collectives, chunked
+# on lanes, point to point and gradient buckets) in two launches; the other strategies are proven in test_runtime_*
+SMOKE = ["reference", "ddp", "gpipe", "1f1b", "columns_gather", "columns_chunked", "pipeline", "pipeline_1f1b",
+         "replicas"]
 
 
 @pytest.mark.timeout(600)  # about 40 s on an idle 2-core machine; the margin is for shared ones
@@ -77,7 +79,7 @@ def test_every_suite_runs_in_smoke_mode_and_moves_exactly_the_bytes_it_must(tmp_
     # DDP over 2 ranks all-reduces every gradient once: 2(k-1)/k x 4 bytes per parameter
     assert by_key["ddp"]["bytes_per_step"] == 4 * params
     assert by_key["replicas"]["bytes_per_step"] == 4 * params
-    for key in ("columns_gather", "pipeline", "pipeline_1f1b", "replicas"):  # the meter equals the plan
+    for key in ("columns_gather", "columns_chunked", "pipeline", "pipeline_1f1b", "replicas"):  # meter = plan
         assert by_key[key]["bytes_per_step"] == by_key[key]["planned_bytes_per_step"] > 0, key
     # torch pipelining on splitnet's stage split must move what splitnet's pipeline moves
     assert by_key["gpipe"]["bytes_per_step"] == by_key["1f1b"]["bytes_per_step"] == by_key["pipeline"]["bytes_per_step"]

@@ -81,7 +81,7 @@ def test_expected_bytes_per_rank(alexnet):
 
 @pytest.mark.parametrize(("partition", "message"), [
     ({"strategy": "columns", "exchnage": "auto"},
-     r"partition: unknown key\(s\) \['exchnage'\]; valid keys: \['balance', 'boundaries', 'exchange'"),
+     r"partition: unknown key\(s\) \['exchnage'\]; valid keys: \['balance', 'boundaries', 'chunks', 'exchange'"),
     ({"strategy": "tensor"}, r"partition.strategy='tensor'; valid: columns, pipeline, hybrid, auto"),
 ])
 def test_bad_partition_config(alexnet_small, partition, message):

@@ -39,8 +39,11 @@ CASES = [
                             boundaries=["conv2", "fc8"]), {}, id="pipeline-1f1b-D3-M4-4-18-1-layers"),
     pytest.param(verify_cfg(partition="hybrid", devices=2, exchange="gather"),
                  {"fc6": "batch", "fc7": "gather", "loss": "logits", "conv_grads": "grads"}, id="hybrid-D2"),
-    pytest.param(verify_cfg(devices=2, replicas=2, exchange="reduce"),
-                 {"conv3": "reduce", "fc8": "reduce", "replicas": "grads"}, id="replicas2-x-D2-reduce"),
+    # chunks: the batch in 2 (3) chunks whose exchanges overlap compute, dropout masks per chunk
+    pytest.param(verify_cfg(devices=2, exchange="auto", chunks=2),
+                 {"conv3": "gather", "fc6": "reduce", "fc8": "reduce"}, id="columns-D2-auto-chunks2"),
+    pytest.param(verify_cfg(devices=2, replicas=2, exchange="reduce", chunks=2),
+                 {"conv3": "reduce", "fc8": "reduce", "replicas": "grads"}, id="replicas2-x-D2-reduce-chunks2"),
     # Uneven shards: widths the device count does not divide. D=3: device 1 holds the end of
     # tower 0 and the start of tower 1, so the group convs gather over all three.
     pytest.param(verify_cfg(devices=3, exchange="reduce"),
@@ -51,6 +54,9 @@ CASES = [
                  id="uneven-columns-D4-gather"),
     pytest.param(verify_cfg(devices=5, exchange="auto"), {"norm1": "halo", "conv3": "gather"},
                  id="uneven-columns-D5-auto"),
+    # 7 samples in 3 chunks (2, 2, 3 rows), the halo and the gathers of each on its own lane
+    pytest.param(verify_cfg(devices=3, batch=7, exchange="auto", chunks=3), {"norm1": "halo", "conv2": "gather"},
+                 id="uneven-columns-D3-chunks3"),
     # 7 samples over 3 devices: 2, 2, 3 rows each for the replicated convs
     pytest.param(verify_cfg(partition="hybrid", devices=3, batch=7, exchange="gather"),
                  {"fc6": "batch", "fc7": "gather", "loss": "logits", "conv_grads": "grads"}, id="uneven-hybrid-D3"),
@@ -60,8 +66,16 @@ CASES = [
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("cfg", "must_talk"), CASES)
 def test_split_equals_reference(cfg, must_talk):
-    plan = assert_equivalent(run_verify(cfg), cfg)
+    report = run_verify(cfg)
+    plan = assert_equivalent(report, cfg)
     exchanges = plan.exchanges()
+    # each rank joins each collective once per direction that moves bytes, per chunk
+    world = plan.devices * plan.replicas
+    for row in report["exchanges"]:
+        ex = exchanges[row["layer"]]
+        if ex.mode in ("gather", "reduce", "logits"):
+            per_chunk = sum(bool(b) for r in range(world) for b in ex.received(r % plan.devices))
+            assert row["calls"] == plan.chunks * per_chunk, (row, plan.chunks, per_chunk)
     assert {name: exchanges[name].mode for name in must_talk if name in exchanges} == must_talk
     if plan.strategy == "pipeline":  # stage s+1's first layer receives from stage s, nothing else talks
         assert [ex.mode for ex in exchanges.values()] == ["send"] * (plan.devices - 1)

@@ -5,7 +5,8 @@
   network on B/D samples (what a user would otherwise run);
 - ``gpipe`` / ``1f1b``: ``torch.distributed.pipelining`` schedules on the stage split and
   micro-batch count of splitnet's own pipeline plan;
-- splitnet: ``columns_gather`` (the 2012 exchanges), ``columns_auto``, ``pipeline``
+- splitnet: ``columns_gather`` (the 2012 exchanges), ``columns_auto``, ``columns_chunked``
+  (auto, the batch in ``chunks`` chunks whose exchanges overlap compute), ``pipeline``
   (GPipe order), ``pipeline_1f1b`` (the same plan in 1F1B order), ``hybrid``, ``replicas``
   (R x 1 device) and ``replicas_columns`` (R x D columns); replicas take B/R samples each,
   so the global batch stays B.
@@ -22,7 +23,8 @@ from splitnet.errors import SplitnetError
 from splitnet.partition import Mesh, make_plan
 from splitnet.spec import ModelSpec
 
-KINDS = ("reference", "ddp", "gpipe", "1f1b", "columns_gather", "columns_auto", "pipeline", "pipeline_1f1b",
+KINDS = ("reference", "ddp", "gpipe", "1f1b", "columns_gather", "columns_auto", "columns_chunked", "pipeline",
+         "pipeline_1f1b",
          "hybrid", "replicas", "replicas_columns")
 
 
@@ -49,7 +51,7 @@ def stage_layers(plan_dict: dict[str, Any]) -> list[list[str]]:
 
 
 def contenders(spec: ModelSpec, batch: int, devices: int, replicas: int, microbatches: int,
-               keys: list[str] | str = "all") -> list[Contender]:
+               keys: list[str] | str = "all", chunks: int = 2) -> list[Contender]:
     """The contenders ``keys`` names (``all``: every one), in the order a round runs them."""
     wanted = list(KINDS) if keys == "all" else list(keys)
     unknown = [k for k in wanted if k not in KINDS]
@@ -77,6 +79,9 @@ def contenders(spec: ModelSpec, batch: int, devices: int, replicas: int, microba
                                     plan({"strategy": "columns", "exchange": "gather"}, Mesh(d), batch)),
         "columns_auto": Contender("columns_auto", f"columns D={d} (auto)", d,
                                   plan({"strategy": "columns", "exchange": "auto"}, Mesh(d), batch)),
+        "columns_chunked": Contender("columns_chunked", f"columns D={d} (auto, {chunks} chunks)", d,
+                                     plan({"strategy": "columns", "exchange": "auto", "chunks": chunks},
+                                          Mesh(d), batch)),
         "pipeline": Contender("pipeline", f"pipeline D={d} M={m}", d, pipe),
         "pipeline_1f1b": Contender("pipeline_1f1b", f"pipeline 1F1B D={d} M={m}", d, pipe_1f1b),
         "hybrid": Contender("hybrid", f"hybrid D={d}", d,

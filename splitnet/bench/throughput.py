@@ -29,13 +29,14 @@ def settings(cfg: dict[str, Any]) -> dict[str, Any]:
             "steps": 2 if smoke else b["steps"], "warmup": 0 if smoke else b["warmup"],
             "devices": cfg["mesh"]["devices"], "replicas": b["replicas"],
             "microbatches": cfg["partition"].get("microbatches") or 4, "contenders": b["contenders"],
-            "timeout_s": cfg["comm"]["timeout_s"], "smoke": smoke}
+            "chunks": b.get("chunks", 2), "timeout_s": cfg["comm"]["timeout_s"], "smoke": smoke}
 
 
 def measure(cfg: dict[str, Any], s: dict[str, Any]) -> tuple[list[Any], list[dict[str, dict[str, Any]]]]:
     """Run the rounds; returns the contenders and, per round, name -> measured figures."""
     spec = load_spec(cfg["model"])
-    order = contenders(spec, s["batch"], s["devices"], s["replicas"], s["microbatches"], s["contenders"])
+    order = contenders(spec, s["batch"], s["devices"], s["replicas"], s["microbatches"], s["contenders"],
+                       s["chunks"])
     rounds = []
     for r in range(s["rounds"]):
         print(f"round {r + 1}/{s['rounds']}: {spec.name}, batch {s['batch']}, {s['steps']} timed steps "

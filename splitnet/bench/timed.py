@@ -42,20 +42,15 @@ class TimedTransport(Transport):
         finally:
             self.wait_s += time.perf_counter() - start
 
-    def all_gather(self, *args: Any, **kwargs: Any) -> Any:
-        return self._clocked(super().all_gather, *args, **kwargs)
 
-    def reduce_scatter(self, *args: Any, **kwargs: Any) -> Any:
-        return self._clocked(super().reduce_scatter, *args, **kwargs)
+def _clocked_method(name: str) -> Callable[..., Any]:
+    def method(self: TimedTransport, *args: Any, **kwargs: Any) -> Any:
+        return self._clocked(getattr(super(TimedTransport, self), name), *args, **kwargs)
+    method.__name__ = name
+    return method
 
-    def all_reduce(self, *args: Any, **kwargs: Any) -> Any:
-        return self._clocked(super().all_reduce, *args, **kwargs)
 
-    def start_all_reduce(self, *args: Any, **kwargs: Any) -> Any:
-        return self._clocked(super().start_all_reduce, *args, **kwargs)
-
-    def send(self, *args: Any, **kwargs: Any) -> Any:
-        return self._clocked(super().send, *args, **kwargs)
-
-    def recv(self, *args: Any, **kwargs: Any) -> Any:
-        return self._clocked(super().recv, *args, **kwargs)
+# every transport call an exchange makes: the collectives, their started halves and completion
+for _name in ("complete", "start_all_gather", "start_reduce_scatter", "start_recv", "all_gather", "reduce_scatter",
+              "all_reduce", "start_all_reduce", "send", "recv"):
+    setattr(TimedTransport, _name, _clocked_method(_name))

@@ -15,6 +15,11 @@ Each forward collective is paired with the backward that makes the gradient exac
 plus point-to-point activation/gradient transfer for pipeline stages (and, in
 comm/buckets.py, the gradient all-reduce for replicated weights). Layers call these through a ``Link`` bound to one
 exchange point of the plan; nothing else in splitnet issues a collective.
+
+Each kind is an ``ExchangeOp`` with separate start and finish halves, so an exchange can
+run now (``exchange``), or be split around other work (``begin`` ... ``end``): a chunked
+columns step starts one chunk's exchange, computes the next chunk, then finishes the
+first, and backward runs the same overlap in reverse.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 import torch
 from torch.autograd.profiler import record_function
 
-from splitnet.comm.transport import Transport
+from splitnet.comm.transport import LANE_TAGS, Pending, Transport
 
 
 @dataclass(frozen=True)
@@ -49,122 +54,269 @@ class Link:
         return sum(self.parts[:self.index]), self.parts[self.index]
 
 
-class _Gather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, link: Link, dim: int, replicated_grad: bool) -> torch.Tensor:
-        ctx.link, ctx.dim, ctx.replicated_grad, ctx.size = link, dim, replicated_grad, x.shape[dim]
-        return link.transport.all_gather(x, link.ranks, link.layer, "fwd", dim, link.parts)
+class ExchangeOp:
+    """One kind of exchange, in four halves: ``start``/``finish`` move the forward tensor,
+    ``start_back``/``finish_back`` its gradient. A start returns what its finish needs
+    (a ``Pending``, or the result itself when nothing has to travel). ``lane``: which copy
+    of the process groups (and of point-to-point tags) carries it; ``like``: the forward
+    input's shape, which some backwards need."""
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        link: Link = ctx.link
-        if ctx.replicated_grad:
-            start, length = link.own(ctx.size)
-            return grad.narrow(ctx.dim, start, length).contiguous(), None, None, None
-        return (link.transport.reduce_scatter(grad, link.ranks, link.layer, "bwd", ctx.dim, link.parts),
-                None, None, None)
+    layer: str
 
+    def start(self, x: torch.Tensor, lane: int) -> Any:
+        raise NotImplementedError
 
-class _ReduceScatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, link: Link) -> torch.Tensor:
-        ctx.link = link
-        return link.transport.reduce_scatter(x, link.ranks, link.layer, "fwd", 1, link.parts)
+    def finish(self, state: Any) -> torch.Tensor:
+        raise NotImplementedError
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        link: Link = ctx.link
-        return link.transport.all_gather(grad, link.ranks, link.layer, "bwd", 1, link.parts), None
+    def start_back(self, grad: torch.Tensor, lane: int, like: torch.Size) -> Any:
+        raise NotImplementedError
+
+    def finish_back(self, state: Any) -> torch.Tensor:
+        raise NotImplementedError
 
 
-class _AllReduce(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, link: Link) -> torch.Tensor:
-        t = link.transport
-        with record_function(f"splitnet.exchange:{link.layer}"):  # the sum's buffer is an exchange buffer
-            summed = x.clone()
-        return t.all_reduce(summed, t.group(link.ranks), len(link.ranks), link.layer, "fwd")
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return grad, None
+def _complete(t: Transport, state: Pending | torch.Tensor) -> torch.Tensor:
+    return t.complete(state) if isinstance(state, Pending) else state
 
 
 @dataclass(frozen=True)
-class Halo:
+class Gather(ExchangeOp):
+    """All-gather along ``dim``; backward sums the partial gradients (reduce-scatter), or
+    with ``replicated_grad`` keeps this rank's slice (every rank's loss is the same)."""
+
+    link: Link
+    dim: int = 1
+    replicated_grad: bool = False
+
+    @property
+    def layer(self) -> str:  # type: ignore[override]
+        return self.link.layer
+
+    def start(self, x: torch.Tensor, lane: int) -> Pending:
+        link = self.link
+        return link.transport.start_all_gather(x, link.ranks, link.layer, "fwd", self.dim, link.parts, lane)
+
+    def finish(self, state: Pending) -> torch.Tensor:
+        return self.link.transport.complete(state)
+
+    def start_back(self, grad: torch.Tensor, lane: int, like: torch.Size) -> Pending | torch.Tensor:
+        link = self.link
+        if self.replicated_grad:
+            start, length = link.own(like[self.dim])
+            return grad.narrow(self.dim, start, length).contiguous()
+        return link.transport.start_reduce_scatter(grad, link.ranks, link.layer, "bwd", self.dim, link.parts, lane)
+
+    def finish_back(self, state: Pending | torch.Tensor) -> torch.Tensor:
+        return _complete(self.link.transport, state)
+
+
+@dataclass(frozen=True)
+class ReduceScatter(ExchangeOp):
+    """Sum partial outputs over the ranks, each keeping its own channels; backward all-gathers."""
+
+    link: Link
+
+    @property
+    def layer(self) -> str:  # type: ignore[override]
+        return self.link.layer
+
+    def start(self, x: torch.Tensor, lane: int) -> Pending:
+        link = self.link
+        return link.transport.start_reduce_scatter(x, link.ranks, link.layer, "fwd", 1, link.parts, lane)
+
+    def finish(self, state: Pending) -> torch.Tensor:
+        return self.link.transport.complete(state)
+
+    def start_back(self, grad: torch.Tensor, lane: int, like: torch.Size) -> Pending:
+        link = self.link
+        return link.transport.start_all_gather(grad, link.ranks, link.layer, "bwd", 1, link.parts, lane)
+
+    def finish_back(self, state: Pending) -> torch.Tensor:
+        return self.link.transport.complete(state)
+
+
+@dataclass(frozen=True)
+class AllReduce(ExchangeOp):
+    """Sum partial outputs over the ranks, every rank keeping the whole; backward is the
+    identity (the same reasoning as the logits')."""
+
+    link: Link
+
+    @property
+    def layer(self) -> str:  # type: ignore[override]
+        return self.link.layer
+
+    def start(self, x: torch.Tensor, lane: int) -> Pending:
+        t, link = self.link.transport, self.link
+        with record_function(f"splitnet.exchange:{link.layer}"):  # the sum's buffer is an exchange buffer
+            summed = x.clone()
+        work = t.start_all_reduce(summed, t.group(link.ranks, lane), len(link.ranks), link.layer, "fwd")
+        return Pending(work, link.layer, "all_reduce", lambda: summed)
+
+    def finish(self, state: Pending) -> torch.Tensor:
+        return self.link.transport.complete(state)
+
+    def start_back(self, grad: torch.Tensor, lane: int, like: torch.Size) -> torch.Tensor:
+        return grad
+
+    def finish_back(self, state: torch.Tensor) -> torch.Tensor:
+        return state
+
+
+@dataclass(frozen=True)
+class Halo(ExchangeOp):
     """One LRN's halo exchange, from this rank's side: the channels it holds (``own``), the
     slices other ranks read from it (``sends``: (rank, channels)) and those it reads from
     them (``recvs``), every range in the layer's channel numbering. ``tag`` keeps this
-    layer's messages apart from any other's between the same two ranks."""
+    layer's messages apart from any other's between the same two ranks.
+
+    Forward widens ``x`` (this rank's channels) by the neighbours' channels its window
+    reads; backward sends the halo's gradient back and adds the gradients of the edges
+    sent. Every send starts before any receive is waited on, so no pair blocks the other."""
 
     transport: Transport
-    layer: str
+    layer: str  # type: ignore[misc]
     own: tuple[int, int]
     sends: tuple[tuple[int, tuple[int, int]], ...]
     recvs: tuple[tuple[int, tuple[int, int]], ...]
     tag: int
 
+    def _swap(self, outgoing: list[tuple[int, torch.Tensor]], incoming: list[tuple[int, tuple[int, ...]]],
+              tag: int, direction: str) -> tuple[list[Any], list[Pending]]:
+        t = self.transport
+        works = [t.send(x, dst, tag) for dst, x in outgoing]
+        return works, [t.start_recv(shape, src, tag, self.layer, direction) for src, shape in incoming]
 
-def _halo_swap(t: Transport, outgoing: list[tuple[int, torch.Tensor]], incoming: list[tuple[int, tuple[int, ...]]],
-               tag: int, layer: str, direction: str) -> list[torch.Tensor]:
-    """Start every send, then receive each incoming slice (every rank sends before it waits,
-    so no pair can block the other), then wait for the sends."""
-    works = [t.send(x, dst, tag) for dst, x in outgoing]
-    got = [t.recv(shape, src, tag, layer, direction) for src, shape in incoming]
-    for work in works:
-        t.wait(work, layer, "send")
-    return got
+    def _finish_swap(self, works: list[Any], got: list[Pending]) -> list[torch.Tensor]:
+        received = [self.transport.complete(p) for p in got]
+        for work in works:
+            self.transport.wait(work, self.layer, "send")
+        return received
 
+    def start(self, x: torch.Tensor, lane: int) -> tuple[torch.Tensor, Any]:
+        o0 = self.own[0]
+        outgoing = [(dst, x[:, a - o0:b - o0]) for dst, (a, b) in self.sends]
+        incoming = [(src, (x.shape[0], b - a, *x.shape[2:])) for src, (a, b) in self.recvs]
+        return x, self._swap(outgoing, incoming, 2 * self.tag + lane * LANE_TAGS, "fwd")
 
-class _Halo(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, halo: Halo) -> torch.Tensor:
-        ctx.halo = halo
-        o0 = halo.own[0]
-        outgoing = [(dst, x[:, a - o0:b - o0]) for dst, (a, b) in halo.sends]
-        incoming = [(src, (x.shape[0], b - a, *x.shape[2:])) for src, (a, b) in halo.recvs]
-        got = _halo_swap(halo.transport, outgoing, incoming, 2 * halo.tag, halo.layer, "fwd")
-        left = [g for g, (_, (a, _b)) in zip(got, halo.recvs, strict=True) if a < o0]
-        right = [g for g, (_, (a, _b)) in zip(got, halo.recvs, strict=True) if a >= halo.own[1]]
+    def finish(self, state: tuple[torch.Tensor, Any]) -> torch.Tensor:
+        x, swap = state
+        got = self._finish_swap(*swap)
+        o0, o1 = self.own
+        left = [g for g, (_, (a, _b)) in zip(got, self.recvs, strict=True) if a < o0]
+        right = [g for g, (_, (a, _b)) in zip(got, self.recvs, strict=True) if a >= o1]
         return torch.cat([*left, x, *right], dim=1)
+
+    def start_back(self, grad: torch.Tensor, lane: int, like: torch.Size) -> tuple[torch.Tensor, Any]:
+        lo = min([self.own[0], *(a for _, (a, _b) in self.recvs)])
+        outgoing = [(src, grad[:, a - lo:b - lo]) for src, (a, b) in self.recvs]
+        incoming = [(dst, (grad.shape[0], b - a, *grad.shape[2:])) for dst, (a, b) in self.sends]
+        return grad, self._swap(outgoing, incoming, 2 * self.tag + 1 + lane * LANE_TAGS, "bwd")
+
+    def finish_back(self, state: tuple[torch.Tensor, Any]) -> torch.Tensor:
+        grad, swap = state
+        got = self._finish_swap(*swap)
+        o0, o1 = self.own
+        lo = min([o0, *(a for _, (a, _b) in self.recvs)])
+        own = grad[:, o0 - lo:o1 - lo].clone()
+        for g, (_, (a, b)) in zip(got, self.sends, strict=True):
+            own[:, a - o0:b - o0] += g
+        return own
+
+
+class _Now(torch.autograd.Function):
+    """An exchange done in place: start and finish at once, in both directions."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, ex: ExchangeOp, lane: int) -> torch.Tensor:
+        ctx.ex, ctx.lane, ctx.like = ex, lane, x.shape
+        return ex.finish(ex.start(x, lane))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        halo: Halo = ctx.halo
-        o0, o1 = halo.own
-        lo = min([o0, *(a for _, (a, _b) in halo.recvs)])
-        outgoing = [(src, grad[:, a - lo:b - lo]) for src, (a, b) in halo.recvs]
-        incoming = [(dst, (grad.shape[0], b - a, *grad.shape[2:])) for dst, (a, b) in halo.sends]
-        got = _halo_swap(halo.transport, outgoing, incoming, 2 * halo.tag + 1, halo.layer, "bwd")
-        own = grad[:, o0 - lo:o1 - lo].clone()
-        for g, (_, (a, b)) in zip(got, halo.sends, strict=True):
-            own[:, a - o0:b - o0] += g
-        return own, None
+        ex: ExchangeOp = ctx.ex
+        return ex.finish_back(ex.start_back(grad, ctx.lane, ctx.like)), None, None
 
 
-def halo(x: torch.Tensor, exchange: Halo) -> torch.Tensor:
+class Ticket:
+    """What travels between the two halves of a split exchange: the forward's started
+    state (from ``begin`` to ``end``) and the backward's (from ``end``'s backward to
+    ``begin``'s). Each is dropped as soon as it has been taken."""
+
+    def __init__(self) -> None:
+        self.forward: Any = None
+        self.backward: Any = None
+
+
+class _Begin(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, ex: ExchangeOp, lane: int, ticket: Ticket) -> torch.Tensor:
+        ctx.ex, ctx.ticket = ex, ticket
+        ticket.forward = ex.start(x, lane)
+        return x.new_empty(0)  # a token: carries the autograd edge from begin to end, no data
+
+    @staticmethod
+    def backward(ctx: Any, _token: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        state, ctx.ticket.backward = ctx.ticket.backward, None
+        return ctx.ex.finish_back(state), None, None, None
+
+
+class _End(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, token: torch.Tensor, ex: ExchangeOp, lane: int, ticket: Ticket,
+                like: torch.Size) -> torch.Tensor:
+        ctx.ex, ctx.lane, ctx.ticket, ctx.like = ex, lane, ticket, like
+        state, ticket.forward = ticket.forward, None
+        return ex.finish(state)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        ctx.ticket.backward = ctx.ex.start_back(grad, ctx.lane, ctx.like)
+        return grad.new_empty(0), None, None, None, None
+
+
+def exchange(x: torch.Tensor, ex: ExchangeOp, lane: int = 0) -> torch.Tensor:
+    """Run ``ex`` on ``x`` now (forward, and its backward when gradients flow back)."""
+    return _Now.apply(x, ex, lane)
+
+
+def begin(x: torch.Tensor, ex: ExchangeOp, lane: int) -> tuple[torch.Tensor, Ticket, torch.Size]:
+    """Start ``ex`` on ``x`` and return at once; ``end`` gives the result. In backward the
+    order reverses: ``end``'s backward starts the gradient's exchange and ``begin``'s
+    waits for it, so whatever autograd runs in between overlaps it."""
+    ticket = Ticket()
+    return _Begin.apply(x, ex, lane, ticket), ticket, x.shape
+
+
+def end(started: tuple[torch.Tensor, Ticket, torch.Size], ex: ExchangeOp, lane: int) -> torch.Tensor:
+    token, ticket, like = started
+    return _End.apply(token, ex, lane, ticket, like)
+
+
+def halo(x: torch.Tensor, ex: Halo) -> torch.Tensor:
     """``x`` (this rank's channels) widened by the neighbours' channels its window reads."""
-    return _Halo.apply(x, exchange)
+    return exchange(x, ex)
 
 
 def gather(x: torch.Tensor, link: Link, dim: int = 1) -> torch.Tensor:
     """All-gather the shards of ``x`` along ``dim`` (channels, or the batch for hybrid)."""
-    return _Gather.apply(x, link, dim, False)
+    return exchange(x, Gather(link, dim))
 
 
 def gather_logits(x: torch.Tensor, link: Link) -> torch.Tensor:
     """All-gather sharded logits for a loss that every rank computes identically."""
-    return _Gather.apply(x, link, 1, True)
+    return exchange(x, Gather(link, 1, replicated_grad=True))
 
 
 def reduce_scatter(x: torch.Tensor, link: Link) -> torch.Tensor:
     """Sum partial outputs over the ranks; each keeps its own channel shard."""
-    return _ReduceScatter.apply(x, link)
+    return exchange(x, ReduceScatter(link))
 
 
 def all_reduce(x: torch.Tensor, link: Link) -> torch.Tensor:
     """Sum partial outputs over the ranks; every rank keeps the whole result."""
-    return _AllReduce.apply(x, link)
+    return exchange(x, AllReduce(link))
 
 
 def send_activation(x: torch.Tensor, transport: Transport, dst: int, tag: int) -> Any:

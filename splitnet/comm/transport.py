@@ -21,6 +21,8 @@ profile can tell its buffers from the layers' own tensors.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +38,21 @@ from splitnet.partition.plan import Plan
 
 class StalledExchange(SplitnetError, RuntimeError):
     pass
+
+
+@dataclass
+class Pending:
+    """A started exchange: its work, and what turns the received buffers into the result
+    once the work is done (``Transport.complete`` waits, then calls ``done``)."""
+
+    work: Any
+    layer: str
+    what: str
+    done: Callable[[], torch.Tensor]
+
+
+# Point-to-point tags of one lane lie below this; lane n's are shifted up by n of it
+LANE_TAGS = 1 << 23
 
 
 def _pad(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -89,12 +106,16 @@ class Transport:
         for ex in plan.exchanges().values():  # point-to-point sends need no group of their own
             if ex.collective != "send":
                 wanted.update(g for g in ex.groups if len(g) > 1)
-        for mp_ranks in sorted(wanted, key=lambda g: (len(g), g)):
-            for replica in range(self.mesh.replicas):
-                ranks = [self.mesh.rank(replica, r) for r in mp_ranks]
-                group = dist.new_group(ranks, timeout=self.timeout) if len(ranks) > 1 else None
-                if replica == self.replica:
-                    self._groups[mp_ranks] = group
+        # One copy of every group per lane: the chunks of a batch (plan.chunks) exchange
+        # concurrently, each on its own lane, so no two ranks can disagree on the order of
+        # one lane's collectives however backward interleaves the chunks.
+        for lane in range(plan.chunks):
+            for mp_ranks in sorted(wanted, key=lambda g: (len(g), g)):
+                for replica in range(self.mesh.replicas):
+                    ranks = [self.mesh.rank(replica, r) for r in mp_ranks]
+                    group = dist.new_group(ranks, timeout=self.timeout) if len(ranks) > 1 else None
+                    if replica == self.replica:
+                        self._groups[(mp_ranks, lane)] = group
         for device in range(self.mesh.devices):
             ranks = self.mesh.replica_group(device)
             group = dist.new_group(ranks, timeout=self.timeout) if len(ranks) > 1 else None
@@ -107,11 +128,11 @@ class Transport:
     def _global(self, mp_ranks: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(self.global_rank(r) for r in mp_ranks)
 
-    def group(self, mp_ranks: tuple[int, ...]) -> Any:
-        if mp_ranks not in self._groups:
-            raise SplitnetError(f"rank {self.rank}: no process group for model-parallel ranks {mp_ranks}; "
-                                "the plan did not declare it")
-        return self._groups[mp_ranks]
+    def group(self, mp_ranks: tuple[int, ...], lane: int = 0) -> Any:
+        if (mp_ranks, lane) not in self._groups:
+            raise SplitnetError(f"rank {self.rank}: no process group for model-parallel ranks {mp_ranks} "
+                                f"(lane {lane}); the plan did not declare it")
+        return self._groups[(mp_ranks, lane)]
 
     def _issue(self, work: Any, peers: tuple[Any, ...]) -> Any:
         """Remember when and as which call of ``peers`` this rank issued ``work`` (when timing)."""
@@ -147,8 +168,18 @@ class Transport:
     # The collectives. Only comm/ calls these (exchange.py for activations and their
     # gradients, buckets.py for parameter gradients); the rest of splitnet calls comm/.
 
+    def complete(self, pending: Pending) -> torch.Tensor:
+        """Wait for a started exchange and return its result (joined, narrowed, metered)."""
+        with record_function(f"splitnet.exchange:{pending.layer}"):
+            self.wait(pending.work, pending.layer, pending.what)
+            return pending.done()
+
     def all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
                    dim: int, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
+        return self.complete(self.start_all_gather(x, mp_ranks, layer, direction, dim, sizes))
+
+    def start_all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
+                         dim: int, sizes: tuple[int, ...] | None = None, lane: int = 0) -> Pending:
         """Join every member's ``x`` along ``dim``. ``sizes``: each member's extent along
         ``dim`` where they differ; every part then travels padded to the largest."""
         k = len(mp_ranks)
@@ -158,15 +189,21 @@ class Transport:
             if uneven:
                 x = _pad(x, dim, max(sizes))  # type: ignore[arg-type]
             parts = [torch.empty_like(x) for _ in range(k)]
-            work = dist.all_gather(parts, x, group=self.group(mp_ranks), async_op=True)
-            self.wait(self._issue(work, self._global(mp_ranks)), layer, "all_gather")
-            self.meter.record(layer, direction, "all_gather", x.numel() * x.element_size() * k, k)
-            if uneven:
-                parts = [p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True)]  # type: ignore[arg-type]
-            return torch.cat(parts, dim=dim)
+            work = dist.all_gather(parts, x, group=self.group(mp_ranks, lane), async_op=True)
+        nbytes = x.numel() * x.element_size() * k
+
+        def done() -> torch.Tensor:
+            self.meter.record(layer, direction, "all_gather", nbytes, k)
+            joined = [p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True)] if uneven else parts  # type: ignore[arg-type]
+            return torch.cat(joined, dim=dim)
+        return Pending(self._issue(work, (*self._global(mp_ranks), lane)), layer, "all_gather", done)
 
     def reduce_scatter(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
                        dim: int, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
+        return self.complete(self.start_reduce_scatter(x, mp_ranks, layer, direction, dim, sizes))
+
+    def start_reduce_scatter(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
+                             dim: int, sizes: tuple[int, ...] | None = None, lane: int = 0) -> Pending:
         """Sum ``x`` over the members; member i keeps its part along ``dim`` (``sizes[i]``
         wide where the parts differ, each padded to the largest for the collective)."""
         k = len(mp_ranks)
@@ -177,11 +214,14 @@ class Transport:
             else:
                 parts = [p.contiguous() for p in x.chunk(k, dim=dim)]
             out = torch.empty_like(parts[0])
-            work = dist.reduce_scatter(out, parts, group=self.group(mp_ranks), async_op=True)
-            self.wait(self._issue(work, self._global(mp_ranks)), layer, "reduce_scatter")
+            work = dist.reduce_scatter(out, parts, group=self.group(mp_ranks, lane), async_op=True)
+        own = sizes[mp_ranks.index(self.mp_rank)] if sizes is not None else out.shape[dim]
+
+        def done() -> torch.Tensor:
+            parts.clear()  # the inputs are no longer needed once the sum has arrived
             self.meter.record(layer, direction, "reduce_scatter", out.numel() * out.element_size() * k, k)
-            own = sizes[mp_ranks.index(self.mp_rank)] if sizes is not None else out.shape[dim]
             return out.narrow(dim, 0, own) if own != out.shape[dim] else out
+        return Pending(self._issue(work, (*self._global(mp_ranks), lane)), layer, "reduce_scatter", done)
 
     def all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> torch.Tensor:
         with record_function(f"splitnet.exchange:{layer}"):
@@ -200,9 +240,16 @@ class Transport:
         return self._issue(dist.isend(x.contiguous(), dst=dst, tag=tag), ("send", self.rank, dst, tag))
 
     def recv(self, shape: tuple[int, ...], mp_src: int, tag: int, layer: str, direction: str) -> torch.Tensor:
+        return self.complete(self.start_recv(shape, mp_src, tag, layer, direction))
+
+    def start_recv(self, shape: tuple[int, ...], mp_src: int, tag: int, layer: str, direction: str) -> Pending:
+        """Start receiving a ``shape`` tensor from ``mp_src``; metered when it has arrived."""
         src = self.global_rank(mp_src)
         with record_function(f"splitnet.exchange:{layer}"):
             x = torch.empty(shape, device=self.device)
-            self.wait(self._issue(dist.irecv(x, src=src, tag=tag), ("send", src, self.rank, tag)), layer, "receive")
-        self.meter.record(layer, direction, "send", x.numel() * x.element_size(), 2)
-        return x
+            work = self._issue(dist.irecv(x, src=src, tag=tag), ("send", src, self.rank, tag))
+
+        def done() -> torch.Tensor:
+            self.meter.record(layer, direction, "send", x.numel() * x.element_size(), 2)
+            return x
+        return Pending(work, layer, "receive", done)

@@ -17,7 +17,7 @@ STRATEGIES = ("columns", "pipeline", "hybrid", "auto")
 # A pipeline's micro-batch order: gpipe runs every forward, then every backward; 1f1b
 # alternates after a warm-up, so stage s holds at most min(M, D - s) micro-batches.
 SCHEDULES = ("gpipe", "1f1b")
-_KEYS = {"strategy", "exchange", "balance", "boundaries", "microbatches", "schedule"}
+_KEYS = {"strategy", "exchange", "balance", "boundaries", "microbatches", "schedule", "chunks"}
 
 __all__ = ["Mesh", "MeshError", "PartitionError", "Plan", "Placement", "Shard", "Exchange",
            "make_plan", "parse_bytes", "STRATEGIES", "SCHEDULES"]
@@ -55,6 +55,14 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
     if schedule != "gpipe" and strategy != "pipeline":
         raise PartitionError(f"{strategy}: partition.schedule={schedule!r} orders a pipeline's micro-batches; "
                              "use partition=pipeline, or leave partition.schedule out")
+    chunks = cfg.get("chunks", 1)
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= batch:
+        raise PartitionError(f"{strategy}: partition.chunks={chunks!r} must be an integer from 1 to "
+                             f"batch_size={batch}")
+    if chunks > 1 and strategy != "columns":
+        raise PartitionError(f"{strategy}: partition.chunks={chunks} overlaps a columns plan's exchanges "
+                             "with compute; use partition=columns, or leave partition.chunks out "
+                             "(a pipeline has partition.microbatches)")
     if strategy == "columns":
         rows = columns(spec, d, str(cfg.get("exchange", "auto")), batch, dtype_bytes)
     elif strategy == "pipeline":
@@ -79,7 +87,7 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
     costs = with_bytes_in(costs, rows)
     return Plan(spec.name, strategy, d, mesh.replicas, batch, microbatches, dtype_bytes, tuple(rows),
                 tuple(costs), _rationale(rows, strategy, d, cfg, share), share, spec.total_params,
-                schedule=schedule)
+                schedule=schedule, chunks=chunks)
 
 
 def make_plan(spec: ModelSpec, partition: Mapping[str, Any], mesh: Mesh, batch_size: int,

@@ -33,8 +33,9 @@ def candidates(partition: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]
     m = partition.get("microbatches", 4)
     exchange = partition.get("exchange", "auto")
     modes = [exchange] if exchange != "auto" else ["auto", "gather"]
+    chunks = {"chunks": partition["chunks"]} if "chunks" in partition else {}
     return [
-        *[("columns", {"exchange": mode}) for mode in modes],
+        *[("columns", {"exchange": mode, **chunks}) for mode in modes],
         ("hybrid", {"exchange": exchange}),
         ("pipeline", {"balance": "flops", "microbatches": m}),
         ("pipeline", {"balance": "params", "microbatches": m}),

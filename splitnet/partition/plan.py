@@ -241,6 +241,7 @@ class Plan:
     model_params: int = 0
     candidates: tuple[dict[str, Any], ...] = ()
     schedule: str = "gpipe"  # pipeline micro-batch order: gpipe (fill-drain) or 1f1b
+    chunks: int = 1  # columns: the batch runs in this many chunks, one's exchange overlapping another's compute
 
     def placement(self, name: str) -> Placement:
         for p in self.layers:
@@ -286,6 +287,7 @@ class Plan:
             "rationale": self.rationale, "stage_share": list(self.stage_share),
             "candidates": list(self.candidates),
             "schedule": self.schedule,
+            "chunks": self.chunks,
         }
 
     @classmethod
@@ -297,7 +299,7 @@ class Plan:
             tuple(DeviceCost.from_dict(c) for c in d.get("devices", [])),
             d.get("rationale", ""), tuple(d.get("stage_share", ())),
             int(d.get("totals", {}).get("params", 0)), tuple(d.get("candidates", ())),
-            str(d.get("schedule", "gpipe")),
+            str(d.get("schedule", "gpipe")), int(d.get("chunks", 1)),
         )
 
     def to_json(self) -> str:

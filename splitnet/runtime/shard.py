@@ -12,11 +12,13 @@ channels it reads out of what it holds. Placement is never decided here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from splitnet.comm.exchange import Halo, Link, all_reduce, gather, gather_logits, halo, reduce_scatter
+from splitnet.comm.exchange import AllReduce, ExchangeOp, Gather, Halo, Link, ReduceScatter, begin, end, exchange
 from splitnet.comm.transport import Transport
 from splitnet.errors import SplitnetError
 from splitnet.layers import GroupLRN, SeededDropout, SegmentLRN, add_layer, grouped_linear
@@ -64,9 +66,17 @@ class Weighted(nn.Module):
         biases = bias.split(list(self.rows)) if bias is not None else [None] * len(self.rows)
         return torch.cat([self._op(t, w, b, 1) for t, w, b in zip(towers, weights, biases, strict=True)], dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre is not None:
-            x = gather(x, self.pre, self.pre_dim)
+    def stages(self) -> list[Stage]:
+        """Optional input gather, the local op on the channels read, optional sum of partials."""
+        stages: list[Stage] = [Gather(self.pre, self.pre_dim)] if self.pre is not None else []
+        stages.append(self._local)
+        if self.post is not None and self.post_all:
+            stages.append(AllReduce(self.post))
+        elif self.post is not None:
+            stages += [ReduceScatter(self.post), self._add_bias]
+        return stages
+
+    def _local(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.read
         if (a, b) != (0, x.shape[1]):
             x = x[:, a:b]
@@ -77,9 +87,13 @@ class Weighted(nn.Module):
             o0, o1 = self.out_range
             bias = F.pad(self.bias, (o0, self.channels - o1))
             partial = partial + (bias.view(1, -1, 1, 1) if partial.dim() == 4 else bias)
-            return all_reduce(partial, self.post)
-        y = reduce_scatter(partial, self.post)
+        return partial
+
+    def _add_bias(self, y: torch.Tensor) -> torch.Tensor:
         return y + (self.bias.view(1, -1, 1, 1) if y.dim() == 4 else self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_stages(self.stages(), x)
 
 
 class Weightless(nn.Module):
@@ -91,17 +105,24 @@ class Weightless(nn.Module):
         super().__init__()
         self.fn, self.pre, self.keep, self.span = fn, pre, keep, span
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def stages(self) -> list[Stage]:
         if self.pre is None or self.keep is None:
-            return self.fn(x)
+            return [self.fn]
         if isinstance(self.pre, Halo):  # own channels and the window's reach, received point to point
-            return self.fn(halo(x, self.pre))[:, self.keep[0]:self.keep[1]]
+            return [self.pre, self._keep]
+        return [Gather(self.pre, 1), self._window]
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)[:, self.keep[0]:self.keep[1]]  # type: ignore[index]
+
+    def _window(self, gathered: torch.Tensor) -> torch.Tensor:
         # Only the own channels and the window's reach on either side (``span`` of the gathered
         # channels) go on: a copy, so the gathered tensor is freed at once and backward keeps
         # (own + halo) channels, not everything gathered.
-        gathered = gather(x, self.pre, 1)
-        y = self.fn(gathered[:, self.span[0]:self.span[1]].contiguous())
-        return y[:, self.keep[0]:self.keep[1]]
+        return self._keep(gathered[:, self.span[0]:self.span[1]].contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_stages(self.stages(), x)
 
 
 class ShardNet(nn.Module):
@@ -121,13 +142,62 @@ class ShardNet(nn.Module):
             x = x[first:end]
             for name in self.split_dropouts:
                 getattr(self, name).fn.first_row = first
+        if self.plan.chunks > 1:
+            return self._chunked(x)
         for name in self.names:
             x = getattr(self, name)(x)
-        if x.dim() == 4 and self.names and self.names[-1] == self.spec.layers[-1].name:
-            x = x.flatten(1)
+        return run_stages(self._tail(), x)
+
+    def _tail(self) -> list[Stage]:
+        """After the last layer: flatten a spatial output, gather sharded logits."""
+        tail: list[Stage] = []
+        if self.names and self.names[-1] == self.spec.layers[-1].name:
+            tail.append(_flat)
         if self.loss_link is not None:
-            x = gather_logits(x, self.loss_link)
-        return x
+            tail.append(Gather(self.loss_link, 1, replicated_grad=True))
+        return tail
+
+    def _chunked(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch in ``plan.chunks`` chunks, each on its own lane, run as a wavefront: a
+        chunk computes up to its next exchange and starts it, then the next chunk does the
+        same while that exchange travels; only then does the first chunk wait for it.
+        Backward (autograd runs nodes newest first) overlaps the gradients' exchanges alike."""
+        k = self.plan.chunks
+        rows = [split(x.shape[0], k, c) for c in range(k)]
+        segments: list[tuple[list[tuple[nn.Module, Stage]], ExchangeOp | None]] = [([], None)]
+        for module, stage in [(getattr(self, n), st) for n in self.names for st in getattr(self, n).stages()] \
+                + [(self, st) for st in self._tail()]:
+            if isinstance(stage, ExchangeOp):
+                segments[-1] = (segments[-1][0], stage)
+                segments.append(([], None))
+            else:
+                segments[-1][0].append((module, stage))
+        values: list[object] = [x[a:b] for a, b in rows]
+        started: ExchangeOp | None = None
+        for steps, ex in segments:
+            for c in range(k):
+                v = end(values[c], started, c) if started is not None else values[c]  # type: ignore[arg-type]
+                for module, stage in steps:
+                    if isinstance(module, Weightless) and isinstance(module.fn, SeededDropout):
+                        module.fn.first_row = rows[c][0]  # this chunk's rows of the batch
+                    v = stage(v)
+                values[c] = begin(v, ex, c) if ex is not None else v
+            started = ex
+        return torch.cat(values, dim=0)  # type: ignore[arg-type]
+
+
+Stage = ExchangeOp | Callable[[torch.Tensor], torch.Tensor]
+
+
+def run_stages(stages: list[Stage], x: torch.Tensor) -> torch.Tensor:
+    """Run a module's stages in order, each exchange done in place."""
+    for stage in stages:
+        x = exchange(x, stage) if isinstance(stage, ExchangeOp) else stage(x)
+    return x
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1) if x.dim() == 4 else x
 
 
 def _link(transport: Transport, placement: Placement, mp_rank: int) -> Link | None:

@@ -1,0 +1,130 @@
+"""A chunked columns step overlaps each chunk's exchange with another chunk's compute.
+
+One rank's shard runs on a transport that moves nothing and records when each exchange
+starts and completes, on which lane. The values are meaningless (a gather repeats this
+rank's part); equality with the reference is proven by the chunked cases of
+test_runtime_equivalence.py. Here: the order, which is what buys the overlap, and the
+lanes, which keep every rank's collectives in the same order per process group.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from splitnet.comm.meter import Meter
+from splitnet.comm.transport import Pending
+from splitnet.partition import Mesh, PartitionError, make_plan
+from splitnet.partition.plan import Plan
+from splitnet.runtime import build_shard
+from splitnet.spec import load_spec
+from splitnet.verify import verify_batch
+from tests.splitting import model_dict
+
+
+class RecordingTransport:
+    """Stands in for a Transport of rank 0: each collective returns a tensor of the right
+    shape at once, and every start and completion is logged as (event, layer, direction, lane)."""
+
+    def __init__(self) -> None:
+        self.mp_rank, self.device, self.meter = 0, torch.device("cpu"), Meter()
+        self.log: list[tuple[str, str, str, int]] = []
+
+    def _pending(self, layer: str, direction: str, lane: int, result: torch.Tensor) -> Pending:
+        self.log.append(("start", layer, direction, lane))
+
+        def done() -> torch.Tensor:
+            self.log.append(("complete", layer, direction, lane))
+            return result
+        return Pending(None, layer, "test", done)
+
+    def start_all_gather(self, x: torch.Tensor, ranks: tuple[int, ...], layer: str, direction: str, dim: int,
+                         sizes: Any = None, lane: int = 0) -> Pending:
+        return self._pending(layer, direction, lane, torch.cat([x] * len(ranks), dim=dim))
+
+    def start_reduce_scatter(self, x: torch.Tensor, ranks: tuple[int, ...], layer: str, direction: str, dim: int,
+                             sizes: Any = None, lane: int = 0) -> Pending:
+        return self._pending(layer, direction, lane, x.chunk(len(ranks), dim=dim)[0].clone())
+
+    def group(self, ranks: tuple[int, ...], lane: int = 0) -> tuple[tuple[int, ...], int]:
+        return ranks, lane
+
+    def start_all_reduce(self, x: torch.Tensor, group: tuple[tuple[int, ...], int], k: int, layer: str,
+                         direction: str) -> int:
+        self.log.append(("start", layer, direction, group[1]))
+        return group[1]  # the work: here, the lane
+
+    def complete(self, pending: Pending) -> torch.Tensor:
+        if pending.what == "all_reduce":  # the sum's Pending is made by the exchange op, not here
+            self.log.append(("complete", pending.layer, "fwd", pending.work))
+        return pending.done()
+
+
+def _run(chunks: int) -> tuple[Plan, list[tuple[str, str, str, int]]]:
+    spec = load_spec(model_dict("alexnet_small"))
+    plan = make_plan(spec, {"strategy": "columns", "exchange": "auto", "chunks": chunks}, Mesh(2), 8)
+    transport = RecordingTransport()
+    shard = build_shard(spec, plan, 0, transport=transport)  # type: ignore[arg-type]
+    x, y = verify_batch(spec, 0, 0, 8)
+    F.cross_entropy(shard(x), y).backward()
+    return plan, transport.log
+
+
+def _talking(plan: Plan) -> list[str]:
+    return [name for name, ex in plan.exchanges().items() if ex.mode in ("gather", "reduce", "logits")]
+
+
+def test_each_chunks_exchange_starts_before_the_previous_chunk_waits_for_its_own():
+    plan, log = _run(2)
+    layers = _talking(plan)
+    assert {name for _e, name, _d, _l in log} == set(layers)
+    for layer in layers:
+        fwd = [(event, lane) for event, name, d, lane in log if name == layer and d == "fwd"]
+        # lane 1 starts while lane 0's exchange is still travelling: that is the overlap
+        assert fwd == [("start", 0), ("start", 1), ("complete", 0), ("complete", 1)], (layer, fwd)
+        bwd = [(event, lane) for event, name, d, lane in log if name == layer and d == "bwd"]
+        if bwd:  # backward: both chunks' gradients travel before either is waited on
+            assert sorted(bwd[:2]) == [("start", 0), ("start", 1)] and {e for e, _l in bwd[2:]} == {"complete"}, \
+                (layer, bwd)
+
+
+def test_every_lane_runs_its_exchanges_in_plan_order_forward_and_reverse_backward():
+    plan, log = _run(2)
+    layers = _talking(plan)
+    for lane in (0, 1):
+        starts = [(name, d) for event, name, d, l_ in log if event == "start" and l_ == lane]
+        fwd = [name for name, d in starts if d == "fwd"]
+        bwd = [name for name, d in starts if d == "bwd"]
+        assert fwd == layers
+        assert bwd == [name for name in reversed(layers) if ("bwd" in {d for _e, n, d, _l in log if n == name})]
+        assert starts.index((bwd[0], "bwd")) > starts.index((fwd[-1], "fwd"))
+
+
+def test_one_chunk_completes_every_exchange_before_starting_the_next():
+    plan, log = _run(1)
+    assert {lane for *_rest, lane in log} == {0}
+    assert [event for event, *_rest in log] == ["start", "complete"] * (len(log) // 2)
+
+
+@pytest.mark.parametrize(("partition", "message"), [
+    ({"strategy": "columns", "chunks": 9}, "partition.chunks=9 must be an integer from 1 to batch_size=8"),
+    ({"strategy": "columns", "chunks": 0}, "partition.chunks=0 must be an integer from 1"),
+    ({"strategy": "columns", "chunks": True}, "partition.chunks=True"),
+    ({"strategy": "pipeline", "chunks": 2}, "partition.chunks=2 overlaps a columns plan's exchanges"),
+    ({"strategy": "hybrid", "chunks": 2}, "use partition=columns"),
+])
+def test_chunks_that_cannot_run_are_refused_by_name(partition, message):
+    spec = load_spec(model_dict("alexnet_small"))
+    with pytest.raises(PartitionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make_plan(spec, partition, Mesh(2), 8)
+
+
+def test_the_plan_records_its_chunks_and_round_trips_them():
+    spec = load_spec(model_dict("alexnet_small"))
+    plan = make_plan(spec, {"strategy": "columns", "chunks": 3}, Mesh(2), 8)
+    assert plan.chunks == 3 and Plan.from_dict(json.loads(plan.to_json())).chunks == 3
+    assert make_plan(spec, {"strategy": "columns"}, Mesh(2), 8).chunks == 1
