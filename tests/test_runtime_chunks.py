@@ -78,29 +78,51 @@ def _talking(plan: Plan) -> list[str]:
     return [name for name, ex in plan.exchanges().items() if ex.mode in ("gather", "reduce", "logits")]
 
 
+def _events(log: list[tuple[str, str, str, int]], layer: str, direction: str) -> list[tuple[str, int]]:
+    return [(event, lane) for event, name, d, lane in log if name == layer and d == direction]
+
+
+def test_the_spatial_layers_run_in_chunks_and_the_fully_connected_ones_whole():
+    spec = load_spec(model_dict("alexnet_small"))
+    plan = make_plan(spec, {"strategy": "columns", "chunks": 2}, Mesh(2), 8)
+    names = [layer.name for layer in spec.layers]
+    assert plan.in_chunks() == tuple(names[:names.index("fc6")])
+    assert make_plan(spec, {"strategy": "columns"}, Mesh(2), 8).in_chunks() == ()
+
+
 def test_each_chunks_exchange_starts_before_the_previous_chunk_waits_for_its_own():
     plan, log = _run(2)
-    layers = _talking(plan)
-    assert {name for _e, name, _d, _l in log} == set(layers)
-    for layer in layers:
-        fwd = [(event, lane) for event, name, d, lane in log if name == layer and d == "fwd"]
+    chunked = [name for name in _talking(plan) if name in plan.in_chunks()]
+    assert chunked == ["conv3"]
+    for layer in chunked:
         # lane 1 starts while lane 0's exchange is still travelling: that is the overlap
-        assert fwd == [("start", 0), ("start", 1), ("complete", 0), ("complete", 1)], (layer, fwd)
-        bwd = [(event, lane) for event, name, d, lane in log if name == layer and d == "bwd"]
-        if bwd:  # backward: both chunks' gradients travel before either is waited on
-            assert sorted(bwd[:2]) == [("start", 0), ("start", 1)] and {e for e, _l in bwd[2:]} == {"complete"}, \
-                (layer, bwd)
+        assert _events(log, layer, "fwd") == [("start", 0), ("start", 1), ("complete", 0), ("complete", 1)]
+        # backward: both chunks' gradients travel before either is waited on
+        bwd = _events(log, layer, "bwd")
+        assert sorted(bwd[:2]) == [("start", 0), ("start", 1)] and {e for e, _l in bwd[2:]} == {"complete"}, bwd
+
+
+def test_the_whole_batch_layers_exchange_once_and_at_once():
+    plan, log = _run(2)
+    whole = [name for name in _talking(plan) if name not in plan.in_chunks()]
+    assert whole == ["fc6", "fc7", "fc8"]
+    for layer in whole:
+        for direction in ("fwd", "bwd"):
+            events = _events(log, layer, direction)
+            assert events in ([], [("start", 0), ("complete", 0)]), (layer, direction, events)
+            i = log.index(("start", layer, direction, 0)) if events else -1
+            assert not events or log[i + 1] == ("complete", layer, direction, 0)
 
 
 def test_every_lane_runs_its_exchanges_in_plan_order_forward_and_reverse_backward():
     plan, log = _run(2)
-    layers = _talking(plan)
     for lane in (0, 1):
+        layers = [name for name in _talking(plan) if lane == 0 or name in plan.in_chunks()]
         starts = [(name, d) for event, name, d, l_ in log if event == "start" and l_ == lane]
         fwd = [name for name, d in starts if d == "fwd"]
         bwd = [name for name, d in starts if d == "bwd"]
         assert fwd == layers
-        assert bwd == [name for name in reversed(layers) if ("bwd" in {d for _e, n, d, _l in log if n == name})]
+        assert bwd == [name for name in reversed(layers) if _events(log, name, "bwd")]
         assert starts.index((bwd[0], "bwd")) > starts.index((fwd[-1], "fwd"))
 
 

@@ -262,6 +262,21 @@ class Plan:
                 out[name] = (fwd, bwd)
         return out
 
+    def in_chunks(self) -> tuple[str, ...]:
+        """The layers a chunked step runs chunk by chunk: every layer before the first
+        fully-connected one (with the loss's logits gather when there is none). From there on
+        the batch runs whole: a linear layer reads its whole weight matrix once per call, and
+        at a few rows that read, not the arithmetic, is its cost. Empty when ``chunks`` is 1."""
+        if self.chunks == 1:
+            return ()
+        out = []
+        for p in self.layers:
+            if p.op == "linear":
+                return tuple(out)
+            if p.op not in PSEUDO or p.name == "loss":
+                out.append(p.name)
+        return tuple(out)
+
     @property
     def output_rank(self) -> int:
         """The model-parallel rank that holds the whole logits (and so reports the loss)."""

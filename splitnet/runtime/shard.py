@@ -161,12 +161,17 @@ class ShardNet(nn.Module):
         """The batch in ``plan.chunks`` chunks, each on its own lane, run as a wavefront: a
         chunk computes up to its next exchange and starts it, then the next chunk does the
         same while that exchange travels; only then does the first chunk wait for it.
-        Backward (autograd runs nodes newest first) overlaps the gradients' exchanges alike."""
+        Backward (autograd runs nodes newest first) overlaps the gradients' exchanges alike.
+        The layers after ``plan.in_chunks()`` run on the whole batch, exchanging at once."""
         k = self.plan.chunks
+        chunked = self.plan.in_chunks()
+        head = [n for n in self.names if n in chunked]
+        rest = self.names[len(head):]
         rows = [split(x.shape[0], k, c) for c in range(k)]
         segments: list[tuple[list[tuple[nn.Module, Stage]], ExchangeOp | None]] = [([], None)]
-        for module, stage in [(getattr(self, n), st) for n in self.names for st in getattr(self, n).stages()] \
-                + [(self, st) for st in self._tail()]:
+        after = self._tail() if not rest else []
+        for module, stage in [(getattr(self, n), st) for n in head for st in getattr(self, n).stages()] \
+                + [(self, st) for st in after]:
             if isinstance(stage, ExchangeOp):
                 segments[-1] = (segments[-1][0], stage)
                 segments.append(([], None))
@@ -183,7 +188,12 @@ class ShardNet(nn.Module):
                     v = stage(v)
                 values[c] = begin(v, ex, c) if ex is not None else v
             started = ex
-        return torch.cat(values, dim=0)  # type: ignore[arg-type]
+        x = torch.cat(values, dim=0)  # type: ignore[arg-type]
+        if not rest:
+            return x
+        for name in rest:
+            x = getattr(self, name)(x)
+        return run_stages(self._tail(), x)
 
 
 Stage = ExchangeOp | Callable[[torch.Tensor], torch.Tensor]
