@@ -87,6 +87,7 @@ def test_the_spatial_layers_run_in_chunks_and_the_fully_connected_ones_whole():
     plan = make_plan(spec, {"strategy": "columns", "chunks": 2}, Mesh(2), 8)
     names = [layer.name for layer in spec.layers]
     assert plan.in_chunks() == tuple(names[:names.index("fc6")])
+    assert "the batch runs in 2 chunks up to fc6" in plan.rationale
     assert make_plan(spec, {"strategy": "columns"}, Mesh(2), 8).in_chunks() == ()
 
 

@@ -30,8 +30,12 @@ def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Map
     if strategy == "columns":
         even = all(len({s.out[1] - s.out[0] for s in p.shards}) <= 1 for p in plan_rows)
         share = f"1/{devices}" if even else f"about 1/{devices} (shards differ by at most a channel)"
+        chunks = int(cfg.get("chunks", 1))
+        linear = [p.name for p in plan_rows if p.op == "linear"]
+        overlap = (f"; the batch runs in {chunks} chunks" + (f" up to {linear[0]}" if linear else "")
+                   + ", one chunk's exchanges overlapping the next one's compute") if chunks > 1 else ""
         return (f"columns: each of {devices} device(s) holds {share} of every weighted layer's "
-                f"channels, along the towers; devices talk only at {where}")
+                f"channels, along the towers; devices talk only at {where}{overlap}")
     if strategy == "pipeline":
         m = int(cfg.get("microbatches", 1))
         bubble = (devices - 1) / (m + devices - 1)
