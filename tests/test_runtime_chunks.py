@@ -64,13 +64,15 @@ class RecordingTransport:
         return pending.done()
 
 
-def _run(chunks: int) -> tuple[Plan, list[tuple[str, str, str, int]]]:
+def _run(chunks: int, rows: int = 8) -> tuple[Plan, list[tuple[str, str, str, int]]]:
     spec = load_spec(model_dict("alexnet_small"))
     plan = make_plan(spec, {"strategy": "columns", "exchange": "auto", "chunks": chunks}, Mesh(2), 8)
     transport = RecordingTransport()
     shard = build_shard(spec, plan, 0, transport=transport)  # type: ignore[arg-type]
-    x, y = verify_batch(spec, 0, 0, 8)
-    F.cross_entropy(shard(x), y).backward()
+    x, y = verify_batch(spec, 0, 0, rows)
+    logits = shard(x)
+    assert logits.shape == (rows, 10)
+    F.cross_entropy(logits, y).backward()
     return plan, transport.log
 
 
@@ -91,8 +93,9 @@ def test_the_spatial_layers_run_in_chunks_and_the_fully_connected_ones_whole():
     assert make_plan(spec, {"strategy": "columns"}, Mesh(2), 8).in_chunks() == ()
 
 
-def test_each_chunks_exchange_starts_before_the_previous_chunk_waits_for_its_own():
-    plan, log = _run(2)
+@pytest.mark.parametrize("rows", [8, 3])
+def test_each_chunks_exchange_starts_before_the_previous_chunk_waits_for_its_own(rows):
+    plan, log = _run(2, rows)
     chunked = [name for name in _talking(plan) if name in plan.in_chunks()]
     assert chunked == ["conv3"]
     for layer in chunked:
@@ -127,8 +130,10 @@ def test_every_lane_runs_its_exchanges_in_plan_order_forward_and_reverse_backwar
         assert starts.index((bwd[0], "bwd")) > starts.index((fwd[-1], "fwd"))
 
 
-def test_one_chunk_completes_every_exchange_before_starting_the_next():
-    plan, log = _run(1)
+@pytest.mark.parametrize(("chunks", "rows"), [(1, 8), (4, 1)])
+def test_one_chunk_completes_every_exchange_before_starting_the_next(chunks, rows):
+    # (4, 1): a last evaluation batch of one row runs as one chunk, never as empty ones
+    plan, log = _run(chunks, rows)
     assert {lane for *_rest, lane in log} == {0}
     assert [event for event, *_rest in log] == ["start", "complete"] * (len(log) // 2)
 

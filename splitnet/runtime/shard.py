@@ -142,7 +142,7 @@ class ShardNet(nn.Module):
             x = x[first:end]
             for name in self.split_dropouts:
                 getattr(self, name).fn.first_row = first
-        if self.plan.chunks > 1:
+        if min(self.plan.chunks, x.shape[0]) > 1:  # a last evaluation batch may be smaller
             return self._chunked(x)
         for name in self.names:
             x = getattr(self, name)(x)
@@ -163,7 +163,7 @@ class ShardNet(nn.Module):
         same while that exchange travels; only then does the first chunk wait for it.
         Backward (autograd runs nodes newest first) overlaps the gradients' exchanges alike.
         The layers after ``plan.in_chunks()`` run on the whole batch, exchanging at once."""
-        k = self.plan.chunks
+        k = min(self.plan.chunks, x.shape[0])  # every chunk at least one row
         chunked = self.plan.in_chunks()
         head = [n for n in self.names if n in chunked]
         rest = self.names[len(head):]
