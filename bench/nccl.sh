@@ -24,7 +24,7 @@ for entry in "${runs[@]}"; do
   # shellcheck disable=SC2086  # the overrides are meant to split into words
   if torchrun --standalone --nproc-per-node=2 -m splitnet train launcher=torchrun model="$model" data=synthetic \
       data.num_classes="$classes" \
-      batch_size="$batch" train.max_steps="$steps" mesh.devices=2 eval.enabled=false optim.schedule=constant \
+      batch_size="$batch" train.max_steps="$steps" mesh.devices=2 comm.backend="$backend" eval.enabled=false optim.schedule=constant \
       train.run_dir="$dir" ${entry#*:} > "$dir/log.txt" 2>&1; then
     python - "$dir/metrics.jsonl" "$name" "$backend" <<'PY' | tee -a "$out"
 import json, statistics, sys

@@ -11,7 +11,7 @@ import pytest
 
 from splitnet.spec import load_spec
 from splitnet.verify import run_verify
-from tests.splitting import alexnet_small_12, assert_equivalent, plan_of, random_spec, verify_cfg
+from tests.splitting import alexnet_small_12, assert_equivalent, model_dict, plan_of, random_spec, verify_cfg
 
 # (config, exchange points the case must have, with their modes: the case is what its id says)
 GATHER4 = {**dict.fromkeys(("norm1", "norm2"), "halo"),
@@ -19,6 +19,17 @@ GATHER4 = {**dict.fromkeys(("norm1", "norm2"), "halo"),
 # auto: conv5 narrows its towers (48 -> 32 channels), so summing partial outputs moves fewer
 # bytes; conv4 (48 -> 48) ties on bytes, and the sum keeps less for backward
 AUTO4 = {**GATHER4, "conv4": "reduce", "conv5": "reduce"}
+
+
+def conv_dropout() -> dict:
+    """alexnet_small with a dropout after relu3: inside the layers a chunked step runs in chunks."""
+    model = model_dict("alexnet_small")
+    model = {**model, "name": "alexnet_small_drop3", "layers": list(model["layers"])}
+    at = next(i for i, layer in enumerate(model["layers"]) if layer["name"] == "relu3")
+    model["layers"].insert(at + 1, {"name": "drop3", "op": "dropout", "p": 0.5})
+    return model
+
+
 CASES = [
     pytest.param(verify_cfg(devices=1), {}, id="columns-D1"),
     pytest.param(verify_cfg(devices=2, exchange="gather"),
@@ -39,11 +50,13 @@ CASES = [
                             boundaries=["conv2", "fc8"]), {}, id="pipeline-1f1b-D3-M4-4-18-1-layers"),
     pytest.param(verify_cfg(partition="hybrid", devices=2, exchange="gather"),
                  {"fc6": "batch", "fc7": "gather", "loss": "logits", "conv_grads": "grads"}, id="hybrid-D2"),
-    # chunks: the batch in 2 (3) chunks whose exchanges overlap compute, dropout masks per chunk
-    pytest.param(verify_cfg(devices=2, exchange="auto", chunks=2),
-                 {"conv3": "gather", "fc6": "reduce", "fc8": "reduce"}, id="columns-D2-auto-chunks2"),
-    pytest.param(verify_cfg(devices=2, replicas=2, exchange="reduce", chunks=2),
-                 {"conv3": "reduce", "fc8": "reduce", "replicas": "grads"}, id="replicas2-x-D2-reduce-chunks2"),
+    pytest.param(verify_cfg(devices=2, replicas=2, exchange="reduce"),
+                 {"conv3": "reduce", "fc8": "reduce", "replicas": "grads"}, id="replicas2-x-D2-reduce"),
+    # chunks: the spatial layers in 2 (3) chunks whose exchanges overlap compute; a dropout
+    # among them draws each chunk's rows of the batch's mask (5 rows: chunks of 2 and 3)
+    pytest.param(verify_cfg(conv_dropout(), devices=2, replicas=2, batch=5, exchange="auto", chunks=2),
+                 {"conv3": "gather", "fc6": "reduce", "fc8": "reduce", "replicas": "grads"},
+                 id="replicas2-x-D2-auto-chunks2-conv-dropout"),
     # Uneven shards: widths the device count does not divide. D=3: device 1 holds the end of
     # tower 0 and the start of tower 1, so the group convs gather over all three.
     pytest.param(verify_cfg(devices=3, exchange="reduce"),

@@ -1,25 +1,27 @@
 """The exchange operations: the only code that moves activations or gradients.
 
-Each forward collective is paired with the backward that makes the gradient exact:
+Each kind is an ``ExchangeOp`` whose forward transfer is paired with the backward that
+makes the gradient exact:
 
-| function        | forward                       | backward                               |
-| --------------- | ----------------------------- | -------------------------------------- |
-| gather          | all-gather shards along dim   | reduce-scatter: sum the partial grads  |
-| gather_logits   | all-gather shards along dim   | keep own slice (every rank's loss is   |
-|                 |                               | the same, so its gradient already is)  |
-| reduce_scatter  | reduce-scatter partial sums   | all-gather the output gradient         |
-| all_reduce      | all-reduce partial sums       | identity (same reasoning as logits)    |
-| halo            | receive neighbours' edge      | send the halo's gradient back; add the |
-|                 | channels, point to point      | gradients of the edges sent            |
+| op                          | forward                       | backward                               |
+| --------------------------- | ----------------------------- | -------------------------------------- |
+| Gather                      | all-gather shards along dim   | reduce-scatter: sum the partial grads  |
+| Gather(replicated_grad)     | all-gather the logits         | keep own slice (every rank's loss is   |
+|                             |                               | the same, so its gradient already is)  |
+| ReduceScatter               | reduce-scatter partial sums   | all-gather the output gradient         |
+| AllReduce                   | all-reduce partial sums       | identity (same reasoning as logits)    |
+| Halo                        | receive neighbours' edge      | send the halo's gradient back; add the |
+|                             | channels, point to point      | gradients of the edges sent            |
 
 plus point-to-point activation/gradient transfer for pipeline stages (and, in
-comm/buckets.py, the gradient all-reduce for replicated weights). Layers call these through a ``Link`` bound to one
-exchange point of the plan; nothing else in splitnet issues a collective.
+comm/buckets.py, the gradient all-reduce for replicated weights). A shard's layers list
+their ops, each bound to one exchange point of the plan (a ``Link``); nothing else in
+splitnet issues a collective.
 
-Each kind is an ``ExchangeOp`` with separate start and finish halves, so an exchange can
-run now (``exchange``), or be split around other work (``begin`` ... ``end``): a chunked
-columns step starts one chunk's exchange, computes the next chunk, then finishes the
-first, and backward runs the same overlap in reverse.
+Every op has separate start and finish halves, so it can run now (``exchange``), or be
+split around other work (``begin`` ... ``end``): a chunked columns step starts one chunk's
+exchange, computes the next chunk, then finishes the first, and backward runs the same
+overlap in reverse.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ class AllReduce(ExchangeOp):
         t, link = self.link.transport, self.link
         with record_function(f"splitnet.exchange:{link.layer}"):  # the sum's buffer is an exchange buffer
             summed = x.clone()
-        work = t.start_all_reduce(summed, t.group(link.ranks, lane), len(link.ranks), link.layer, "fwd")
+        work = t.start_all_reduce(summed, t.group(link.ranks, lane), len(link.ranks), link.layer, "fwd", lane)
         return Pending(work, link.layer, "all_reduce", lambda: summed)
 
     def finish(self, state: Pending) -> torch.Tensor:
@@ -292,31 +294,6 @@ def begin(x: torch.Tensor, ex: ExchangeOp, lane: int) -> tuple[torch.Tensor, Tic
 def end(started: tuple[torch.Tensor, Ticket, torch.Size], ex: ExchangeOp, lane: int) -> torch.Tensor:
     token, ticket, like = started
     return _End.apply(token, ex, lane, ticket, like)
-
-
-def halo(x: torch.Tensor, ex: Halo) -> torch.Tensor:
-    """``x`` (this rank's channels) widened by the neighbours' channels its window reads."""
-    return exchange(x, ex)
-
-
-def gather(x: torch.Tensor, link: Link, dim: int = 1) -> torch.Tensor:
-    """All-gather the shards of ``x`` along ``dim`` (channels, or the batch for hybrid)."""
-    return exchange(x, Gather(link, dim))
-
-
-def gather_logits(x: torch.Tensor, link: Link) -> torch.Tensor:
-    """All-gather sharded logits for a loss that every rank computes identically."""
-    return exchange(x, Gather(link, 1, replicated_grad=True))
-
-
-def reduce_scatter(x: torch.Tensor, link: Link) -> torch.Tensor:
-    """Sum partial outputs over the ranks; each keeps its own channel shard."""
-    return exchange(x, ReduceScatter(link))
-
-
-def all_reduce(x: torch.Tensor, link: Link) -> torch.Tensor:
-    """Sum partial outputs over the ranks; every rank keeps the whole result."""
-    return exchange(x, AllReduce(link))
 
 
 def send_activation(x: torch.Tensor, transport: Transport, dst: int, tag: int) -> Any:

@@ -85,7 +85,7 @@ class Transport:
         self.clock: list[dict[str, Any]] | None = None
         self._calls: dict[tuple[Any, ...], int] = {}
         self._issued: dict[int, tuple[tuple[Any, ...], int]] = {}
-        self._groups: dict[tuple[int, ...], Any] = {}
+        self._groups: dict[tuple[tuple[int, ...], int], Any] = {}  # (model-parallel ranks, lane) -> group
         self.replica_group: Any = None
         if not dist.is_initialized():
             if self.mesh.world_size != 1:
@@ -174,10 +174,6 @@ class Transport:
             self.wait(pending.work, pending.layer, pending.what)
             return pending.done()
 
-    def all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
-                   dim: int, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
-        return self.complete(self.start_all_gather(x, mp_ranks, layer, direction, dim, sizes))
-
     def start_all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
                          dim: int, sizes: tuple[int, ...] | None = None, lane: int = 0) -> Pending:
         """Join every member's ``x`` along ``dim``. ``sizes``: each member's extent along
@@ -197,10 +193,6 @@ class Transport:
             joined = [p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True)] if uneven else parts  # type: ignore[arg-type]
             return torch.cat(joined, dim=dim)
         return Pending(self._issue(work, (*self._global(mp_ranks), lane)), layer, "all_gather", done)
-
-    def reduce_scatter(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
-                       dim: int, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
-        return self.complete(self.start_reduce_scatter(x, mp_ranks, layer, direction, dim, sizes))
 
     def start_reduce_scatter(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
                              dim: int, sizes: tuple[int, ...] | None = None, lane: int = 0) -> Pending:
@@ -228,11 +220,12 @@ class Transport:
             self.wait(self.start_all_reduce(x, group, k, layer, direction), layer, "all_reduce")
         return x
 
-    def start_all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str) -> Any:
+    def start_all_reduce(self, x: torch.Tensor, group: Any, k: int, layer: str, direction: str,
+                         lane: int = 0) -> Any:
         """Sum ``x`` in place over the group without waiting; returns the work. ``x`` must be
         contiguous (a flat bucket or a fresh tensor): the sum lands in its storage."""
         self.meter.record(layer, direction, "all_reduce", x.numel() * x.element_size(), k)
-        return self._issue(dist.all_reduce(x, group=group, async_op=True), self._ranks_of(group))
+        return self._issue(dist.all_reduce(x, group=group, async_op=True), (*self._ranks_of(group), lane))
 
     def send(self, x: torch.Tensor, mp_dst: int, tag: int) -> Any:
         """Start sending; the receiver meters the bytes. Returns the work to wait on later."""

@@ -48,6 +48,18 @@ def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Map
             f"batch; fully-connected layers sharded by columns; devices talk only at {where}")
 
 
+# Each chunk talks on its own copy of the process groups and point-to-point tags
+MAX_CHUNKS = 64
+
+
+def _chunks(cfg: Mapping[str, Any], batch: int) -> int:
+    chunks = cfg.get("chunks", 1)
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= min(batch, MAX_CHUNKS):
+        raise PartitionError(f"partition.chunks={chunks!r} must be an integer from 1 to "
+                             f"min(batch_size={batch}, {MAX_CHUNKS})")
+    return chunks
+
+
 def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, batch: int,
            dtype_bytes: int) -> Plan:
     d = mesh.devices
@@ -59,10 +71,7 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
     if schedule != "gpipe" and strategy != "pipeline":
         raise PartitionError(f"{strategy}: partition.schedule={schedule!r} orders a pipeline's micro-batches; "
                              "use partition=pipeline, or leave partition.schedule out")
-    chunks = cfg.get("chunks", 1)
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= batch:
-        raise PartitionError(f"{strategy}: partition.chunks={chunks!r} must be an integer from 1 to "
-                             f"batch_size={batch}")
+    chunks = _chunks(cfg, batch)
     if chunks > 1 and strategy != "columns":
         raise PartitionError(f"{strategy}: partition.chunks={chunks} overlaps a columns plan's exchanges "
                              "with compute; use partition=columns, or leave partition.chunks out "
@@ -105,6 +114,7 @@ def make_plan(spec: ModelSpec, partition: Mapping[str, Any], mesh: Mesh, batch_s
     if isinstance(dtype_bytes, bool) or dtype_bytes not in (1, 2, 4, 8):
         raise PartitionError(f"dtype_bytes={dtype_bytes!r}; valid: 1, 2, 4 (float32) or 8")
     strategy = str(partition.get("strategy", "columns"))
+    _chunks(partition, batch_size)
     if strategy == "auto":
         from splitnet.partition.auto import choose
 

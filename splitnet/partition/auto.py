@@ -77,4 +77,6 @@ def choose(spec: ModelSpec, partition: Mapping[str, Any], mesh: Mesh, batch: int
     why = (f"auto chose {plan.strategy} {row['options']}: estimated {row['step_s'] * 1e3:.2f} ms/step, "
            f"the fastest of {sum(1 for r in table if r.get('fits'))} candidates that fit. "
            + plan.rationale)
+    if partition.get("chunks", 1) != 1 and plan.strategy != "columns":
+        why += f"; partition.chunks={partition['chunks']} applies to columns only, so this plan runs the batch whole"
     return replace(plan, rationale=why, candidates=tuple(table))
