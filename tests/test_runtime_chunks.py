@@ -29,16 +29,16 @@ from tests.splitting import alexnet_small_12, model_dict
 class RecordingTransport:
     """Stands in for the Transport of model-parallel rank ``mp_rank``: every transfer returns
     a tensor of the right shape at once, and every start and completion is logged as
-    (event, layer, direction, lane). A halo logs one start and one completion per neighbour."""
+    (event, layer, direction, lane)."""
 
     def __init__(self, mp_rank: int) -> None:
         self.mp_rank, self.device, self.meter = mp_rank, torch.device("cpu"), Meter()
         self.log: list[tuple[str, str, str, int]] = []
 
-    def _pending(self, layer: str, direction: str, lane: int, result: torch.Tensor) -> Pending:
+    def _pending(self, layer: str, direction: str, lane: int, result: Any) -> Pending:
         self.log.append(("start", layer, direction, lane))
 
-        def done() -> torch.Tensor:
+        def done() -> Any:
             self.log.append(("complete", layer, direction, lane))
             return result
         return Pending(lane, layer, "test", done)
@@ -59,14 +59,9 @@ class RecordingTransport:
         self.log.append(("start", layer, direction, lane))
         return lane  # the work: here, the lane
 
-    def send(self, x: torch.Tensor, dst: int, tag: int) -> None:
-        return None
-
-    def start_recv(self, shape: tuple[int, ...], src: int, tag: int, layer: str, direction: str) -> Pending:
-        return self._pending(layer, direction, tag // LANE_TAGS, torch.zeros(shape))
-
-    def wait(self, work: Any, layer: str, what: str) -> None:
-        return None
+    def start_swap(self, outgoing: Any, incoming: list[tuple[int, tuple[int, ...]]], tag: int, layer: str,
+                   direction: str) -> Pending:
+        return self._pending(layer, direction, tag // LANE_TAGS, [torch.zeros(shape) for _, shape in incoming])
 
     def complete(self, pending: Pending) -> torch.Tensor:
         if pending.what == "all_reduce":  # the sum's Pending is made by the exchange op, not here

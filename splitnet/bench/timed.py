@@ -51,6 +51,6 @@ def _clocked_method(name: str) -> Callable[..., Any]:
 
 
 # every transport call an exchange makes: the collectives, their started halves and completion
-for _name in ("complete", "start_all_gather", "start_reduce_scatter", "start_recv", "all_reduce", "start_all_reduce",
-              "send", "recv"):
+for _name in ("complete", "start_all_gather", "start_reduce_scatter", "start_swap", "start_recv", "all_reduce",
+              "start_all_reduce", "send", "recv"):
     setattr(TimedTransport, _name, _clocked_method(_name))

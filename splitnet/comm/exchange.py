@@ -175,7 +175,8 @@ class Halo(ExchangeOp):
 
     Forward widens ``x`` (this rank's channels) by the neighbours' channels its window
     reads; backward sends the halo's gradient back and adds the gradients of the edges
-    sent. Every send starts before any receive is waited on, so no pair blocks the other."""
+    sent. Each direction's sends and receives go as one batch (``Transport.start_swap``),
+    so no pair blocks the other."""
 
     transport: Transport
     layer: str  # type: ignore[misc]
@@ -184,27 +185,15 @@ class Halo(ExchangeOp):
     recvs: tuple[tuple[int, tuple[int, int]], ...]
     tag: int
 
-    def _swap(self, outgoing: list[tuple[int, torch.Tensor]], incoming: list[tuple[int, tuple[int, ...]]],
-              tag: int, direction: str) -> tuple[list[Any], list[Pending]]:
-        t = self.transport
-        works = [t.send(x, dst, tag) for dst, x in outgoing]
-        return works, [t.start_recv(shape, src, tag, self.layer, direction) for src, shape in incoming]
-
-    def _finish_swap(self, works: list[Any], got: list[Pending]) -> list[torch.Tensor]:
-        received = [self.transport.complete(p) for p in got]
-        for work in works:
-            self.transport.wait(work, self.layer, "send")
-        return received
-
     def start(self, x: torch.Tensor, lane: int) -> tuple[torch.Tensor, Any]:
         o0 = self.own[0]
         outgoing = [(dst, x[:, a - o0:b - o0]) for dst, (a, b) in self.sends]
         incoming = [(src, (x.shape[0], b - a, *x.shape[2:])) for src, (a, b) in self.recvs]
-        return x, self._swap(outgoing, incoming, 2 * self.tag + lane * LANE_TAGS, "fwd")
+        return x, self.transport.start_swap(outgoing, incoming, 2 * self.tag + lane * LANE_TAGS, self.layer, "fwd")
 
     def finish(self, state: tuple[torch.Tensor, Any]) -> torch.Tensor:
         x, swap = state
-        got = self._finish_swap(*swap)
+        got = self.transport.complete(swap)
         o0, o1 = self.own
         left = [g for g, (_, (a, _b)) in zip(got, self.recvs, strict=True) if a < o0]
         right = [g for g, (_, (a, _b)) in zip(got, self.recvs, strict=True) if a >= o1]
@@ -214,11 +203,12 @@ class Halo(ExchangeOp):
         lo = min([self.own[0], *(a for _, (a, _b) in self.recvs)])
         outgoing = [(src, grad[:, a - lo:b - lo]) for src, (a, b) in self.recvs]
         incoming = [(dst, (grad.shape[0], b - a, *grad.shape[2:])) for dst, (a, b) in self.sends]
-        return grad, self._swap(outgoing, incoming, 2 * self.tag + 1 + lane * LANE_TAGS, "bwd")
+        return grad, self.transport.start_swap(outgoing, incoming, 2 * self.tag + 1 + lane * LANE_TAGS, self.layer,
+                                               "bwd")
 
     def finish_back(self, state: tuple[torch.Tensor, Any]) -> torch.Tensor:
         grad, swap = state
-        got = self._finish_swap(*swap)
+        got = self.transport.complete(swap)
         o0, o1 = self.own
         lo = min([o0, *(a for _, (a, _b) in self.recvs)])
         own = grad[:, o0 - lo:o1 - lo].clone()

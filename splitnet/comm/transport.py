@@ -45,10 +45,10 @@ class Pending:
     """A started exchange: its work, and what turns the received buffers into the result
     once the work is done (``Transport.complete`` waits, then calls ``done``)."""
 
-    work: Any
+    work: Any  # one work, or a list of them (a batch of point-to-point transfers)
     layer: str
     what: str
-    done: Callable[[], torch.Tensor]
+    done: Callable[[], Any]
 
 
 # Point-to-point tags of one lane lie below this; lane n's are shifted up by n of it
@@ -121,6 +121,10 @@ class Transport:
             group = dist.new_group(ranks, timeout=self.timeout) if len(ranks) > 1 else None
             if device == self.mp_rank:
                 self.replica_group = group
+        if dist.get_backend() == "nccl":
+            # NCCL lets a batch of point-to-point transfers (a halo) involve only some ranks
+            # once every rank has taken part in a collective of the group
+            dist.barrier()
 
     def global_rank(self, mp_rank: int) -> int:
         return self.mesh.rank(self.replica, mp_rank)
@@ -171,7 +175,8 @@ class Transport:
     def complete(self, pending: Pending) -> torch.Tensor:
         """Wait for a started exchange and return its result (joined, narrowed, metered)."""
         with record_function(f"splitnet.exchange:{pending.layer}"):
-            self.wait(pending.work, pending.layer, pending.what)
+            for work in pending.work if isinstance(pending.work, list) else [pending.work]:
+                self.wait(work, pending.layer, pending.what)
             return pending.done()
 
     def start_all_gather(self, x: torch.Tensor, mp_ranks: tuple[int, ...], layer: str, direction: str,
@@ -231,6 +236,28 @@ class Transport:
         """Start sending; the receiver meters the bytes. Returns the work to wait on later."""
         dst = self.global_rank(mp_dst)
         return self._issue(dist.isend(x.contiguous(), dst=dst, tag=tag), ("send", self.rank, dst, tag))
+
+    def start_swap(self, outgoing: list[tuple[int, torch.Tensor]], incoming: list[tuple[int, tuple[int, ...]]],
+                   tag: int, layer: str, direction: str) -> Pending:
+        """Send each (rank, tensor) and receive each (rank, shape), as one batch of point-to-
+        point transfers; completing it gives the received tensors in ``incoming``'s order.
+        NCCL runs a batch as one group, so two ranks that send to each other at once cannot
+        wait on each other (one by one, each rank's send would queue before its receive)."""
+        with record_function(f"splitnet.exchange:{layer}"):
+            got = [torch.empty(shape, device=self.device) for _, shape in incoming]
+            ops = [dist.P2POp(dist.isend, x.contiguous(), self.global_rank(dst), tag=tag) for dst, x in outgoing]
+            ops += [dist.P2POp(dist.irecv, buf, self.global_rank(src), tag=tag)
+                    for (src, _), buf in zip(incoming, got, strict=True)]
+            works = dist.batch_isend_irecv(ops) if ops else []
+        peers = [("send", self.rank, self.global_rank(dst), tag) for dst, _ in outgoing]
+        peers += [("send", self.global_rank(src), self.rank, tag) for src, _ in incoming]
+        works = [self._issue(work, key) for work, key in zip(works, peers, strict=True)]
+
+        def done() -> list[torch.Tensor]:
+            for x in got:
+                self.meter.record(layer, direction, "send", x.numel() * x.element_size(), 2)
+            return got
+        return Pending(works, layer, "swap", done)
 
     def recv(self, shape: tuple[int, ...], mp_src: int, tag: int, layer: str, direction: str) -> torch.Tensor:
         return self.complete(self.start_recv(shape, mp_src, tag, layer, direction))
