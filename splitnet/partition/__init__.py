@@ -90,7 +90,7 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
         rows = hybrid(spec, d, str(cfg.get("exchange", "auto")), batch, dtype_bytes)
     else:
         raise PartitionError(f"partition.strategy={strategy!r}; valid: {', '.join(STRATEGIES)}")
-    costs = device_costs(spec, rows, d, batch, dtype_bytes, microbatches, schedule)
+    costs = device_costs(spec, rows, d, batch, dtype_bytes, microbatches, schedule, chunks)
     if mesh.replicas > 1:
         r = mesh.replicas
         per_rank = tuple((c.rank, ring_bytes("none", 0, r), ring_bytes("all_reduce", c.param_bytes, r))

@@ -38,7 +38,8 @@ def _weight_block(layer: Layer, shard: Shard) -> tuple[int, int]:
 
 
 def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, batch: int,
-                 dtype_bytes: int, microbatches: int = 1, schedule: str = "gpipe") -> list[DeviceCost]:
+                 dtype_bytes: int, microbatches: int = 1, schedule: str = "gpipe",
+                 chunks: int = 1) -> list[DeviceCost]:
     """DeviceCost per model-parallel rank; ``bytes_in`` is filled in by ``with_bytes_in``;
     ``schedule``: a pipeline's micro-batch order, which sets how many it holds at once."""
     costs = []
@@ -61,7 +62,8 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
                 share = (shard.out[1] - shard.out[0]) / layer.out_shape[0]
             flops += round(3 * layer.flops * share * rows)
         pbytes = params * dtype_bytes
-        held = held_bytes(spec, placements, rank, batch, devices, microbatches, dtype_bytes, per_layer, schedule)
+        held = held_bytes(spec, placements, rank, batch, devices, microbatches, dtype_bytes, per_layer, schedule,
+                          chunks)
         costs.append(DeviceCost(rank, params, pbytes, pbytes, pbytes, held.peak - 3 * pbytes, flops, 0))
     return costs
 

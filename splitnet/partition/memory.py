@@ -20,7 +20,9 @@ A pure walk over the plan that follows what torch's autograd keeps (measured wit
 - the optimizer step: gradients complete, plus weight decay's copy of the largest
   parameter tensor; gradient sums over buckets: one flat copy of the summed gradients.
 
-The peak is the largest of those moments. A pipeline stage under GPipe keeps every
+The peak is the largest of those moments. A columns step in chunks holds the backward
+temporaries of its chunked layers for one chunk at a time, beside the other chunks'
+output gradient of the layer. A pipeline stage under GPipe keeps every
 micro-batch's saved tensors until backward starts (together, the whole batch); its
 first backward runs on one micro-batch while the others' saved tensors still wait, so
 that is where its peak lies. A stage that sends on also keeps its outputs for that
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from math import prod
 
 from splitnet.partition.columns import lrn_reach
-from splitnet.partition.plan import Placement, Shard
+from splitnet.partition.plan import Placement, Shard, in_chunks
 from splitnet.spec import Layer, ModelSpec
 
 INDEX_BYTES = 8  # max-pool indices and class labels are int64
@@ -76,11 +78,13 @@ def in_flight(schedule: str, microbatches: int, devices: int, stage: int) -> int
 
 
 def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: int, devices: int,
-               microbatches: int, dtype_bytes: int, param_bytes: dict[str, int], schedule: str = "gpipe") -> Held:
+               microbatches: int, dtype_bytes: int, param_bytes: dict[str, int], schedule: str = "gpipe",
+               chunks: int = 1) -> Held:
     """Predicted input, saved-for-backward and peak bytes of model-parallel rank ``rank``.
 
     ``param_bytes[layer]``: the bytes of that layer's parameters on this rank; ``schedule``:
-    a pipeline's micro-batch order (gpipe or 1f1b)."""
+    a pipeline's micro-batch order (gpipe or 1f1b); ``chunks``: a columns step's chunks,
+    whose layers' backward temporaries exist for one chunk at a time."""
     b = dtype_bytes
     input_bytes = batch * prod(spec.input_shape) * b + batch * INDEX_BYTES
     mine = [p for p in placements if p.shard(rank) is not None]
@@ -171,10 +175,14 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
     fixed = 2 * params + input_bytes + (received + handed_on) * k // share + waiting_grad
     live, grads = forward, params if steady else 0
     best = (fixed + forward, "end of forward")
+    chunked = set(in_chunks(placements)) if chunks > 1 else set()
+    largest_chunk = -(-batch // chunks)
     for p, keep, g_in, g_out in zip(reversed(mine), reversed(saved), reversed(grads_in), reversed(grads_out),
                                     strict=True):
         grads += 0 if steady else param_bytes.get(p.name, 0)
         temp = (g_in + g_out + BACKWARD_TEMP.get(p.op, 0) * g_out + handed_on) // share
+        if p.name in chunked:  # this chunk's temporaries, and the other chunks' output gradient
+            temp = temp * largest_chunk // batch + g_out * (batch - largest_chunk) // batch
         if steady:  # a weight gradient made anew, then added into the one that exists
             temp += param_bytes.get(p.name, 0)
         best = max(best, (fixed + live + grads + temp, f"backward of {p.name}"))

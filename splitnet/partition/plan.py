@@ -16,7 +16,7 @@ largest, P bytes, and an all-gather or reduce-scatter moves (k-1) * P to each de
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -225,6 +225,17 @@ class DeviceCost:
         return cls(**{k: int(v) for k, v in d.items() if k != "memory_bytes"})
 
 
+def in_chunks(layers: Sequence[Placement]) -> tuple[str, ...]:
+    """Of a chunked columns plan's ``layers``, those that run chunk by chunk (``Plan.in_chunks``)."""
+    out = []
+    for p in layers:
+        if p.op == "linear":
+            break
+        if p.op not in PSEUDO or p.name == "loss":
+            out.append(p.name)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Plan:
     model: str
@@ -267,15 +278,7 @@ class Plan:
         fully-connected one (with the loss's logits gather when there is none). From there on
         the batch runs whole: a linear layer reads its whole weight matrix once per call, and
         at a few rows that read, not the arithmetic, is its cost. Empty when ``chunks`` is 1."""
-        if self.chunks == 1:
-            return ()
-        out = []
-        for p in self.layers:
-            if p.op == "linear":
-                return tuple(out)
-            if p.op not in PSEUDO or p.name == "loss":
-                out.append(p.name)
-        return tuple(out)
+        return in_chunks(self.layers) if self.chunks > 1 else ()
 
     @property
     def output_rank(self) -> int:
