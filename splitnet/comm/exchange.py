@@ -83,24 +83,34 @@ def _complete(t: Transport, state: Pending | torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Gather(ExchangeOp):
-    """All-gather along ``dim``; backward sums the partial gradients (reduce-scatter), or
-    with ``replicated_grad`` keeps this rank's slice (every rank's loss is the same)."""
+class _Collective(ExchangeOp):
+    """An exchange over a ``Link``'s group: each half that travels is a ``Pending`` the
+    transport completes; a half that does not is its result already."""
 
     link: Link
-    dim: int = 1
-    replicated_grad: bool = False
 
     @property
     def layer(self) -> str:  # type: ignore[override]
         return self.link.layer
 
+    def finish(self, state: Pending | torch.Tensor) -> torch.Tensor:
+        return _complete(self.link.transport, state)
+
+    def finish_back(self, state: Pending | torch.Tensor) -> torch.Tensor:
+        return _complete(self.link.transport, state)
+
+
+@dataclass(frozen=True)
+class Gather(_Collective):
+    """All-gather along ``dim``; backward sums the partial gradients (reduce-scatter), or
+    with ``replicated_grad`` keeps this rank's slice (every rank's loss is the same)."""
+
+    dim: int = 1
+    replicated_grad: bool = False
+
     def start(self, x: torch.Tensor, lane: int) -> Pending:
         link = self.link
         return link.transport.start_all_gather(x, link.ranks, link.layer, "fwd", self.dim, link.parts, lane)
-
-    def finish(self, state: Pending) -> torch.Tensor:
-        return self.link.transport.complete(state)
 
     def start_back(self, grad: torch.Tensor, lane: int, like: torch.Size) -> Pending | torch.Tensor:
         link = self.link
@@ -109,45 +119,24 @@ class Gather(ExchangeOp):
             return grad.narrow(self.dim, start, length).contiguous()
         return link.transport.start_reduce_scatter(grad, link.ranks, link.layer, "bwd", self.dim, link.parts, lane)
 
-    def finish_back(self, state: Pending | torch.Tensor) -> torch.Tensor:
-        return _complete(self.link.transport, state)
-
 
 @dataclass(frozen=True)
-class ReduceScatter(ExchangeOp):
+class ReduceScatter(_Collective):
     """Sum partial outputs over the ranks, each keeping its own channels; backward all-gathers."""
-
-    link: Link
-
-    @property
-    def layer(self) -> str:  # type: ignore[override]
-        return self.link.layer
 
     def start(self, x: torch.Tensor, lane: int) -> Pending:
         link = self.link
         return link.transport.start_reduce_scatter(x, link.ranks, link.layer, "fwd", 1, link.parts, lane)
 
-    def finish(self, state: Pending) -> torch.Tensor:
-        return self.link.transport.complete(state)
-
     def start_back(self, grad: torch.Tensor, lane: int, like: torch.Size) -> Pending:
         link = self.link
         return link.transport.start_all_gather(grad, link.ranks, link.layer, "bwd", 1, link.parts, lane)
 
-    def finish_back(self, state: Pending) -> torch.Tensor:
-        return self.link.transport.complete(state)
-
 
 @dataclass(frozen=True)
-class AllReduce(ExchangeOp):
+class AllReduce(_Collective):
     """Sum partial outputs over the ranks, every rank keeping the whole; backward is the
     identity (the same reasoning as the logits')."""
-
-    link: Link
-
-    @property
-    def layer(self) -> str:  # type: ignore[override]
-        return self.link.layer
 
     def start(self, x: torch.Tensor, lane: int) -> Pending:
         t, link = self.link.transport, self.link
@@ -156,14 +145,8 @@ class AllReduce(ExchangeOp):
         work = t.start_all_reduce(summed, t.group(link.ranks, lane), len(link.ranks), link.layer, "fwd", lane)
         return Pending(work, link.layer, "all_reduce", lambda: summed)
 
-    def finish(self, state: Pending) -> torch.Tensor:
-        return self.link.transport.complete(state)
-
     def start_back(self, grad: torch.Tensor, lane: int, like: torch.Size) -> torch.Tensor:
         return grad
-
-    def finish_back(self, state: torch.Tensor) -> torch.Tensor:
-        return state
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from splitnet.partition.cost import device_costs, with_bytes_in
 from splitnet.partition.hybrid import hybrid
 from splitnet.partition.mesh import Mesh, MeshError, parse_bytes
 from splitnet.partition.pipeline import pipeline
-from splitnet.partition.plan import Exchange, Placement, Plan, Shard, ring_bytes
+from splitnet.partition.plan import PSEUDO, Exchange, Placement, Plan, Shard, in_chunks, ring_bytes
 from splitnet.spec import ModelSpec
 
 STRATEGIES = ("columns", "pipeline", "hybrid", "auto")
@@ -31,8 +31,9 @@ def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Map
         even = all(len({s.out[1] - s.out[0] for s in p.shards}) <= 1 for p in plan_rows)
         share = f"1/{devices}" if even else f"about 1/{devices} (shards differ by at most a channel)"
         chunks = int(cfg.get("chunks", 1))
-        linear = [p.name for p in plan_rows if p.op == "linear"]
-        overlap = (f"; the batch runs in {chunks} chunks" + (f" up to {linear[0]}" if linear else "")
+        chunked = in_chunks(plan_rows)
+        whole = [p.name for p in plan_rows if p.op not in PSEUDO and p.name not in chunked]
+        overlap = (f"; the batch runs in {chunks} chunks" + (f" up to {whole[0]}" if whole else "")
                    + ", one chunk's exchanges overlapping the next one's compute") if chunks > 1 else ""
         return (f"columns: each of {devices} device(s) holds {share} of every weighted layer's "
                 f"channels, along the towers; devices talk only at {where}{overlap}")
