@@ -18,7 +18,7 @@ from splitnet.bench.contenders import contenders
 from splitnet.bench.worker import make_runner
 from splitnet.cli import CONF_DIR
 from splitnet.launchers.simulate import launch
-from splitnet.spec import load_spec
+from splitnet.model.spec import load_spec
 from splitnet.verify import verify_batch
 
 

@@ -29,8 +29,8 @@ if [[ "$GPUS" -eq 1 ]]; then
     python - <<'PY'
 import time, torch, yaml
 from splitnet.cli import CONF_DIR
-from splitnet.reference import build_reference
-from splitnet.spec import load_spec
+from splitnet.model.reference import build_reference
+from splitnet.model.spec import load_spec
 spec = load_spec(yaml.safe_load((CONF_DIR / "model" / "alexnet_small.yaml").read_text()))
 model = build_reference(spec).cuda()
 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

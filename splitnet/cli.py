@@ -53,8 +53,8 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 
 def _describe(cfg: dict[str, Any]) -> int:
-    from splitnet.report import spec_table
-    from splitnet.spec import load_spec, spec_summary
+    from splitnet.model.spec import load_spec, spec_summary
+    from splitnet.tables import spec_table
 
     spec = load_spec(cfg["model"])
     if cfg.get("format") == "json":
@@ -66,8 +66,8 @@ def _describe(cfg: dict[str, Any]) -> int:
 
 def make_plan_from(cfg: dict[str, Any]) -> tuple[Any, Any]:
     """The spec and plan a resolved config describes."""
+    from splitnet.model.spec import load_spec
     from splitnet.partition import Mesh, make_plan
-    from splitnet.spec import load_spec
 
     spec = load_spec(cfg["model"])
     return spec, make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"],
@@ -75,7 +75,7 @@ def make_plan_from(cfg: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _plan(cfg: dict[str, Any]) -> int:
-    from splitnet.report import plan_table
+    from splitnet.tables import plan_table
 
     spec, plan = make_plan_from(cfg)
     if cfg.get("out"):
@@ -90,7 +90,7 @@ def _plan(cfg: dict[str, Any]) -> int:
 
 
 def _verify(cfg: dict[str, Any]) -> int:
-    from splitnet.report import verify_table
+    from splitnet.tables import verify_table
     from splitnet.verify import run_verify
 
     report = run_verify(cfg)
@@ -128,7 +128,7 @@ def _train(cfg: dict[str, Any]) -> int:
 
 
 def _export(cfg: dict[str, Any]) -> int:
-    from splitnet.train.evaluate import export_checkpoint
+    from splitnet.train.export import export_checkpoint
 
     if not cfg.get("ckpt") or not cfg.get("out"):
         raise SplitnetError("export needs ckpt=PATH (a checkpoint or run folder) and out=FILE")
@@ -162,8 +162,8 @@ def _bench(suite: str) -> Callable[[dict[str, Any]], int]:
 
 def _report(args: list[str]) -> int:
     """``splitnet report DIR [out=DIR] [format=json]``: not a Hydra app, it reads finished files."""
-    from splitnet.sweep import collect, markdown, to_json
-    from splitnet.sweep_plots import draw_curves, draw_heatmap
+    from splitnet.report.plots import draw_heatmap, draw_sweep_curves
+    from splitnet.report.sweep import collect, markdown, to_json
 
     paths = [a for a in args if "=" not in a]
     options = dict(a.split("=", 1) for a in args if "=" in a)
@@ -179,7 +179,7 @@ def _report(args: list[str]) -> int:
         text = markdown(sweep)
         (out / "report.md").write_text(text)
         (out / "report.json").write_text(json.dumps(to_json(sweep), indent=1))
-        pictures = [draw_curves(sweep, out / "curves.png"), draw_heatmap(sweep, out / "heatmap.png")]
+        pictures = [draw_sweep_curves(sweep, out / "curves.png"), draw_heatmap(sweep, out / "heatmap.png")]
     except SplitnetError as exc:
         print(f"splitnet report: error: {exc}", file=sys.stderr)
         return 2
@@ -197,7 +197,7 @@ def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:
     import hydra
 
-    from splitnet.convstack import register_resolver
+    from splitnet.model.convstack import register_resolver
 
     register_resolver()
     result = {"rc": 1}

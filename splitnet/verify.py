@@ -33,10 +33,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from splitnet.model.seeding import stream_seed
+from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import Plan
-from splitnet.seeding import stream_seed
-from splitnet.spec import ModelSpec, load_spec
 
 
 def verify_batch(spec: ModelSpec, seed: int, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,8 +94,8 @@ def _reference_run(spec: ModelSpec, plan: Plan, cfg: dict[str, Any], perturb: bo
     parameters' change. ``perturb`` moves every parameter by up to one float32 ulp after each
     update: the spread between the two runs is the network's own sensitivity to round-off
     (deep nets at a small init amplify a one-ulp change at ReLU kinks; see the docstring)."""
-    from splitnet.layers import set_step
-    from splitnet.reference import build_reference
+    from splitnet.model.layers import set_step
+    from splitnet.model.reference import build_reference
 
     vcfg = cfg["verify"]
     model = build_reference(spec, cfg["seed"]).train()

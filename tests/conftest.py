@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitnet.spec import ModelSpec, load_spec
+from splitnet.model.spec import ModelSpec, load_spec
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))

@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from splitnet.model.spec import SpecError, load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import Plan
-from splitnet.spec import SpecError, load_spec
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

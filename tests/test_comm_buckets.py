@@ -14,8 +14,8 @@ from splitnet.launchers.simulate import launch
 def bucket_job(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]:
     from splitnet.comm import Transport
     from splitnet.comm.buckets import GradBuckets
+    from splitnet.model.spec import load_spec
     from splitnet.partition import Mesh, make_plan
-    from splitnet.spec import load_spec
 
     spec = load_spec(cfg["model"])
     plan = make_plan(spec, {"strategy": "columns"}, Mesh(1, world), 4)

@@ -14,11 +14,11 @@ from splitnet.comm import Transport
 from splitnet.data.shards import write_shard_set
 from splitnet.data.sources import ArraySource
 from splitnet.launchers.simulate import launch
+from splitnet.model.reference import build_reference
+from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import Plan
-from splitnet.reference import build_reference
 from splitnet.runtime import build_shard
-from splitnet.spec import load_spec
 from splitnet.train.evaluate import evaluate_reference, pad_rows
 
 N_VAL = 23  # val shards of 5, 5, 5, 5, 3: replicas get 15 and 8 images, eval batches of 4 end partial

@@ -8,9 +8,9 @@ from fractions import Fraction
 
 import pytest
 
+from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, PartitionError, make_plan
 from splitnet.partition.plan import Plan
-from splitnet.spec import load_spec
 
 B = 128          # batch
 F = 4            # float32

@@ -7,8 +7,8 @@ from fractions import Fraction
 
 import pytest
 
+from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, PartitionError, make_plan
-from splitnet.spec import load_spec
 
 B = 128
 F = 4

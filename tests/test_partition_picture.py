@@ -5,7 +5,7 @@ import pytest
 from splitnet.errors import SplitnetError
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.picture import draw_plan
-from splitnet.report import human
+from splitnet.units import human
 
 
 def _svg(spec, partition, mesh, tmp_path) -> str:

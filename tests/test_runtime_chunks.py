@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 from splitnet.comm.meter import Meter
 from splitnet.comm.transport import LANE_TAGS, Pending
+from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, PartitionError, make_plan
 from splitnet.partition.plan import Plan
 from splitnet.runtime import build_shard
-from splitnet.spec import load_spec
 from splitnet.verify import verify_batch
 from tests.splitting import alexnet_small_12, model_dict
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitnet.spec import load_spec
+from splitnet.model.spec import load_spec
 from splitnet.verify import run_verify
 from tests.splitting import alexnet_small_12, assert_equivalent, model_dict, plan_of, random_spec, verify_cfg
 

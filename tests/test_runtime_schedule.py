@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splitnet.layers import set_step
+from splitnet.model.layers import set_step
+from splitnet.model.reference import build_reference
 from splitnet.partition import Mesh, PartitionError, Plan, make_plan
 from splitnet.partition.memory import in_flight
-from splitnet.reference import build_reference
 from splitnet.runtime import build_shard
 from splitnet.runtime.schedule import ORDERS, clock_cycles, gpipe_actions, one_f_one_b, pipeline_step, released_by
 from splitnet.verify import verify_batch

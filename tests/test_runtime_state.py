@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import splitnet.reference
+import splitnet.model.reference
 from splitnet.errors import SplitnetError
+from splitnet.model.reference import build_reference
+from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, make_plan
-from splitnet.reference import build_reference
 from splitnet.runtime import build_shard, merge_state, split_state
-from splitnet.spec import load_spec
 from tests.conftest import shipped_spec
 from tests.splitting import alexnet_small_12
 
@@ -137,14 +137,14 @@ def test_merge_state_refuses_the_wrong_number_of_shards():
 def test_alexnet_rank_draws_only_its_own_rows(alexnet, exchange, monkeypatch):
     """A rank of 2-device alexnet never draws rows outside its shard; a reduce-mode layer
     (input columns) draws every row but keeps only its columns, one row at a time."""
-    real = splitnet.reference.draw_rows
+    real = splitnet.model.reference.draw_rows
     drawn = []
 
     def recording(seed, layer, rows, row_shape, std, cols=None):
         drawn.append((layer, rows, cols))
         return real(seed, layer, rows, row_shape, std, cols)
 
-    monkeypatch.setattr(splitnet.reference, "draw_rows", recording)
+    monkeypatch.setattr(splitnet.model.reference, "draw_rows", recording)
     plan = make_plan(alexnet, {"strategy": "columns", "exchange": exchange}, Mesh(2), 128)
     reduce = {name for name, ex in plan.exchanges().items() if ex.mode == "reduce"}
     assert bool(reduce) == (exchange == "auto")

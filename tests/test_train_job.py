@@ -12,12 +12,13 @@ import torch
 from splitnet.cli import main
 from splitnet.errors import SplitnetError
 from splitnet.launchers.simulate import WorkerFailed
-from splitnet.reference import build_reference
+from splitnet.model.reference import build_reference
+from splitnet.model.spec import load_spec
 from splitnet.runtime import merge_state
-from splitnet.spec import load_spec
 from splitnet.train.checkpoint import CheckpointError, complete_checkpoints
 from splitnet.train.curves import read_metrics
-from splitnet.train.evaluate import evaluate_checkpoint, export_checkpoint
+from splitnet.train.evaluate import evaluate_checkpoint
+from splitnet.train.export import export_checkpoint
 from tests.training import FAST, config, train
 
 

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from splitnet.errors import SplitnetError
+from splitnet.model.spec import ModelSpec
 from splitnet.partition import Mesh, make_plan
-from splitnet.spec import ModelSpec
 
 KINDS = ("reference", "ddp", "gpipe", "1f1b", "columns_gather", "columns_auto", "columns_chunked", "pipeline",
          "pipeline_1f1b",

@@ -47,10 +47,10 @@ def gpu_rates(model: str, batch: int, steps: int) -> dict[str, Any]:
     from splitnet.bench.machine import machine
     from splitnet.cli import CONF_DIR
     from splitnet.comm import Transport
+    from splitnet.model.reference import build_reference
+    from splitnet.model.spec import load_spec
     from splitnet.partition import Mesh, make_plan
-    from splitnet.reference import build_reference
     from splitnet.runtime import build_shard, forward_backward
-    from splitnet.spec import load_spec
 
     spec = load_spec(yaml.safe_load((CONF_DIR / "model" / f"{model}.yaml").read_text()))
     cuda = torch.device("cuda")

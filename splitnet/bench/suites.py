@@ -24,7 +24,7 @@ NAMES = ("throughput", "bytes", "data", "all")
 def run_suites(suite: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Run ``suite`` (or every one for ``all``); print each result (markdown, or one JSON line with
     ``format=json``) and write its files into ``out`` when given."""
-    from splitnet.bench.report import markdown, write
+    from splitnet.bench.publish import markdown, write
 
     if suite not in NAMES:
         raise SplitnetError(f"bench: unknown suite {suite!r}; choose one of {', '.join(NAMES)}")

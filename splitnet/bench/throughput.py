@@ -18,7 +18,7 @@ from splitnet.bench.machine import machine
 from splitnet.bench.rounds import summarise
 from splitnet.bench.worker import bench_worker
 from splitnet.launchers.simulate import launch
-from splitnet.spec import load_spec
+from splitnet.model.spec import load_spec
 
 
 def settings(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from splitnet.bench.machine import machine
 from splitnet.bench.throughput import measure, settings
-from splitnet.spec import load_spec
+from splitnet.model.spec import load_spec
 
 
 def run_bytes(cfg: dict[str, Any], throughput: dict[str, Any] | None = None) -> dict[str, Any]:

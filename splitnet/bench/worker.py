@@ -24,9 +24,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from splitnet.layers import set_step
+from splitnet.model.layers import set_step
+from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition.plan import ring_bytes
-from splitnet.spec import ModelSpec, load_spec
 from splitnet.verify import verify_batch
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -48,7 +48,7 @@ def _no_figures() -> dict[str, float | None]:
 
 
 def reference_runner(spec: ModelSpec, batches: list[Batch]) -> Runner:
-    from splitnet.reference import build_reference
+    from splitnet.model.reference import build_reference
 
     model = build_reference(spec, 0).train()
     opt = _sgd(model.parameters())
@@ -68,7 +68,7 @@ def ddp_runner(spec: ModelSpec, batches: list[Batch], rank: int, world: int) -> 
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
 
-    from splitnet.reference import build_reference
+    from splitnet.model.reference import build_reference
 
     model = build_reference(spec, 0).train()
     ddp = DistributedDataParallel(model)
@@ -98,8 +98,8 @@ class _Stage(nn.Sequential):
     """A contiguous run of the reference's layers; the last stage flattens the logits as the reference does."""
 
     def __init__(self, spec: ModelSpec, names: list[str], last: bool) -> None:
-        from splitnet.layers import add_layer
-        from splitnet.reference import build_layer
+        from splitnet.model.layers import add_layer
+        from splitnet.model.reference import build_layer
 
         super().__init__()
         self.last = last

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from splitnet.data.errors import DataError
-from splitnet.seeding import stream_seed
+from splitnet.model.seeding import stream_seed
 
 
 def epoch_order(shards: Sequence[str], *, seed: int, epoch: int, shuffle: bool) -> list[str]:

@@ -45,7 +45,7 @@ from splitnet.data.info import SPLITS, data_info
 from splitnet.data.shardset import resolve
 from splitnet.data.subset import in_subset, subset_size
 from splitnet.data.synthetic import SyntheticLoader
-from splitnet.seeding import stream_seed
+from splitnet.model.seeding import stream_seed
 
 log = logging.getLogger(__name__)
 

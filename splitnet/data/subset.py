@@ -10,7 +10,7 @@ and a stream that runs short wraps around its subset as it does around its shard
 
 from __future__ import annotations
 
-from splitnet.seeding import stream_seed
+from splitnet.model.seeding import stream_seed
 
 _SCALE = float(1 << 63)
 

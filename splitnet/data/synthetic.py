@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-from splitnet.seeding import stream_seed
+from splitnet.model.seeding import stream_seed
 
 log = logging.getLogger(__name__)
 

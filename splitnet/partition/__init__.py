@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from splitnet.partition.columns import PartitionError, columns
+from splitnet.model.spec import ModelSpec
+from splitnet.partition.columns import columns
 from splitnet.partition.cost import device_costs, with_bytes_in
+from splitnet.partition.errors import PartitionError
 from splitnet.partition.hybrid import hybrid
 from splitnet.partition.mesh import Mesh, MeshError, parse_bytes
 from splitnet.partition.pipeline import pipeline
 from splitnet.partition.plan import PSEUDO, Exchange, Placement, Plan, Shard, in_chunks, ring_bytes
-from splitnet.spec import ModelSpec
 
 STRATEGIES = ("columns", "pipeline", "hybrid", "auto")
 # A pipeline's micro-batch order: gpipe runs every forward, then every backward; 1f1b

@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from splitnet.partition.columns import PartitionError
+from splitnet.model.spec import ModelSpec
+from splitnet.partition.errors import PartitionError
 from splitnet.partition.mesh import Mesh
 from splitnet.partition.plan import Plan
-from splitnet.spec import ModelSpec
 
 
 def estimate(plan: Plan, mesh: Mesh) -> dict[str, float]:

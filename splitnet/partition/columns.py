@@ -38,15 +38,11 @@ from collections.abc import Sequence
 from fractions import Fraction
 from math import prod
 
-from splitnet.errors import SplitnetError
+from splitnet.model.spec import Layer, ModelSpec
+from splitnet.partition.errors import PartitionError
 from splitnet.partition.plan import Exchange, Placement, Shard, ring_bytes, split
-from splitnet.spec import Layer, ModelSpec
 
 Range = tuple[int, int]
-
-
-class PartitionError(SplitnetError, ValueError):
-    pass
 
 
 def check_devices(spec: ModelSpec, layers: Sequence[Layer], devices: int, strategy: str) -> None:

@@ -15,9 +15,9 @@ Per device, for SGD with momentum in float32 (``dtype_bytes``):
 
 from __future__ import annotations
 
+from splitnet.model.spec import Layer, ModelSpec
 from splitnet.partition.memory import held_bytes
 from splitnet.partition.plan import DeviceCost, Placement, Shard
-from splitnet.spec import Layer, ModelSpec
 
 
 def shard_params(layer: Layer, shard: Shard) -> int:

@@ -14,10 +14,11 @@ from __future__ import annotations
 from fractions import Fraction
 from math import prod
 
-from splitnet.partition.columns import PartitionError, loss_placement, parted, shard_columns
+from splitnet.model.spec import ModelSpec
+from splitnet.partition.columns import loss_placement, parted, shard_columns
 from splitnet.partition.cost import shard_params
+from splitnet.partition.errors import PartitionError
 from splitnet.partition.plan import Exchange, Placement, Shard, ring_bytes, split
-from splitnet.spec import ModelSpec
 
 
 def hybrid(spec: ModelSpec, devices: int, exchange: str, batch: int, dtype_bytes: int) -> list[Placement]:

@@ -41,9 +41,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
+from splitnet.model.spec import Layer, ModelSpec
 from splitnet.partition.columns import lrn_reach
 from splitnet.partition.plan import Placement, Shard, in_chunks
-from splitnet.spec import Layer, ModelSpec
 
 INDEX_BYTES = 8  # max-pool indices and class labels are int64
 MASK_BYTES = 1   # a dropout mask is bool

@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from splitnet.errors import SplitnetError
+from splitnet.model.spec import ModelSpec
 from splitnet.partition.plan import PSEUDO, Exchange, Placement, Plan
-from splitnet.report import human
-from splitnet.spec import ModelSpec
+from splitnet.units import human
 
 FORMATS = (".svg", ".png", ".pdf")
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from fractions import Fraction
 from math import prod
 
-from splitnet.partition.columns import PartitionError
+from splitnet.model.spec import ModelSpec
+from splitnet.partition.errors import PartitionError
 from splitnet.partition.plan import Exchange, Placement, Shard
-from splitnet.spec import ModelSpec
 
 
 def balanced_starts(costs: Sequence[int], stages: int, cut_bytes: Sequence[int] | None = None) -> list[int]:

@@ -5,6 +5,6 @@ turns the trace into the exact peak of live tensor bytes and what held it; waits
 splits the step time; report.py sets it all beside the plan; picture.py draws it.
 """
 
-from splitnet.profile.report import profile_table, run_profile
+from splitnet.profile.run import profile_table, run_profile
 
 __all__ = ["profile_table", "run_profile"]

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from splitnet.model.seeding import stream_seed
+from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition.plan import Plan
 from splitnet.profile.account import account, allocations, categorize
-from splitnet.seeding import stream_seed
-from splitnet.spec import ModelSpec, load_spec
 
 BUILD, INPUT, STEP, OPTIMIZER, MARK = ("splitnet.build", "splitnet.input", "splitnet.step",
                                        "splitnet.optimizer", "splitnet.mark")

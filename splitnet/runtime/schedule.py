@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from splitnet.comm.exchange import recv_activation, recv_gradient, send_activation, send_gradient
 from splitnet.comm.transport import Transport
-from splitnet.layers import set_step
+from splitnet.model.layers import set_step
 from splitnet.runtime.shard import ShardNet
 
 Action = tuple[str, int]  # ("F", m): forward of micro-batch m; ("B", m): its backward

@@ -1,7 +1,7 @@
 """``build_shard(spec, plan, rank)``: this rank's part of the network, and nothing more.
 
 Every weight slice is drawn directly from the per-channel random streams (see
-splitnet/seeding.py), so a rank never allocates another rank's rows; a rank that holds
+splitnet/model/seeding.py), so a rank never allocates another rank's rows; a rank that holds
 input columns (reduce mode) draws each row whole and keeps its columns, one row at a
 time. Exchanges are wired exactly where the plan puts them, through comm.exchange.
 
@@ -21,11 +21,11 @@ from torch import nn
 from splitnet.comm.exchange import AllReduce, ExchangeOp, Gather, Halo, Link, ReduceScatter, begin, end, exchange
 from splitnet.comm.transport import Transport
 from splitnet.errors import SplitnetError
-from splitnet.layers import GroupLRN, SeededDropout, SegmentLRN, add_layer, grouped_linear
+from splitnet.model.layers import GroupLRN, SeededDropout, SegmentLRN, add_layer, grouped_linear
+from splitnet.model.reference import initial_bias, initial_weight
+from splitnet.model.spec import Layer, ModelSpec
 from splitnet.partition.columns import group_need, halo_moves, lrn_reach
 from splitnet.partition.plan import PSEUDO, Placement, Plan, Shard, split
-from splitnet.reference import initial_bias, initial_weight
-from splitnet.spec import Layer, ModelSpec
 
 # Point-to-point tags of halo exchanges: far above a pipeline's (2 per micro-batch), one pair per layer
 HALO_TAGS = 1 << 20

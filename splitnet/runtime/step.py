@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from splitnet.comm.buckets import GradBuckets
 from splitnet.comm.transport import Transport
-from splitnet.layers import set_step
+from splitnet.model.layers import set_step
 from splitnet.runtime.schedule import pipeline_step
 from splitnet.runtime.shard import ShardNet
 

@@ -112,7 +112,7 @@ def read_shard(ckpt: Path, mp_rank: int) -> dict[str, Any]:
 
 def model_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
     """None if two model specs (as dicts) are the same network, else what differs."""
-    from splitnet.spec import SpecError, load_spec
+    from splitnet.model.spec import SpecError, load_spec
 
     try:  # compare what the specs mean, not how they were written (defaults spelled out or not)
         saved, current = load_spec(saved).to_dict(), load_spec(current).to_dict()

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from splitnet.errors import SplitnetError
-from splitnet.spec import ModelSpec
+from splitnet.model.spec import ModelSpec
 
 
 def score(forward: Callable[[torch.Tensor], torch.Tensor | None],
@@ -52,22 +52,11 @@ def summarize(counts: torch.Tensor) -> dict[str, Any]:
             "val_samples": int(counts[2])}
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path) -> Path:
-    """Write a checkpoint's merged state_dict (the reference's layout), atomically."""
-    from splitnet.atomic import write_atomic
-    from splitnet.train.checkpoint import find_checkpoint, merged_state
-
-    state = merged_state(find_checkpoint(ckpt))
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda p: torch.save(state, p))
-    return path
-
 
 def evaluate_checkpoint(ckpt: str | Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's model merged onto one device (the reference), scored on cfg's data."""
-    from splitnet.reference import build_reference
-    from splitnet.spec import load_spec
+    from splitnet.model.reference import build_reference
+    from splitnet.model.spec import load_spec
     from splitnet.train.checkpoint import find_checkpoint, merged_state, read_meta
 
     path = find_checkpoint(ckpt)

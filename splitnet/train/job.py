@@ -61,7 +61,7 @@ def launch_workers(cfg: dict[str, Any], job: Any, world_size: int) -> list[Any]:
 
 def run_train(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     from splitnet.launchers.simulate import WorkerFailed
-    from splitnet.report import plan_table
+    from splitnet.tables import plan_table
     from splitnet.train.curves import draw_curves
     from splitnet.train.loop import log_tail, train_worker
 

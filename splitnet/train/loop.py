@@ -23,13 +23,13 @@ from splitnet.comm import Transport
 from splitnet.comm.exchange import combine_metrics
 from splitnet.data import build_loader
 from splitnet.errors import SplitnetError
+from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition.plan import Plan
 from splitnet.runtime import ShardNet, build_shard, forward_backward
 from splitnet.runtime.schedule import pipeline_forward
-from splitnet.spec import ModelSpec, load_spec
 from splitnet.train import checkpoint
 from splitnet.train.evaluate import pad_rows, score, summarize
-from splitnet.train.schedule import LrSchedule
+from splitnet.train.lr import LrSchedule
 
 
 def _logger(run_dir: Path, rank: int, console: bool) -> logging.Logger:

@@ -27,9 +27,9 @@ from splitnet.data import DataInfo, data_info
 from splitnet.data.shardset import resolve
 from splitnet.data.subset import subset_size
 from splitnet.errors import SplitnetError
+from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import Plan
-from splitnet.spec import ModelSpec, load_spec
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from splitnet.layers import GroupedLinear, GroupLRN, SeededDropout, add_layer
-from splitnet.seeding import draw_rows
-from splitnet.spec import Layer, ModelSpec
+from splitnet.model.layers import GroupedLinear, GroupLRN, SeededDropout, add_layer
+from splitnet.model.seeding import draw_rows
+from splitnet.model.spec import Layer, ModelSpec
 
 
 def initial_weight(spec: ModelSpec, layer: Layer, seed: int, rows: range | None = None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from splitnet.errors import SplitnetError
-from splitnet.train.schedule import LrSchedule
+from splitnet.train.lr import LrSchedule
 
 
 def test_plateau_divides_by_ten_when_validation_error_stops_improving_at_most_three_times():

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from splitnet.model.spec import ModelSpec
 from splitnet.partition.plan import Exchange, Placement, Plan
-from splitnet.spec import ModelSpec
+from splitnet.units import human
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> str:
@@ -22,18 +23,6 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequen
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
-def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M'; bytes use unit='B' and binary prefixes."""
-    if unit == "B":
-        for prefix in ("B", "KiB", "MiB", "GiB", "TiB"):
-            if abs(n) < 1024 or prefix == "TiB":
-                return f"{n:.0f} B" if prefix == "B" else f"{n:.2f} {prefix}"
-            n /= 1024
-    for prefix in ("", "K", "M", "G", "T", "P"):
-        if abs(n) < 1000 or prefix == "P":
-            return f"{n:.0f}" if prefix == "" else f"{n:.2f}{prefix}"
-        n /= 1000
-    return str(n)
 
 
 def spec_table(spec: ModelSpec) -> str:

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from splitnet.spec import SpecError, load_spec
+from splitnet.model.spec import SpecError, load_spec
 
 TINY = {
     "name": "tiny",

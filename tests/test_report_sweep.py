@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from splitnet.cli import main
-from splitnet.sweep import SweepError, collect, expected_overrides, loss_difference, markdown, to_json
+from splitnet.report.sweep import SweepError, collect, expected_overrides, loss_difference, markdown, to_json
 
 
 def write_run(root: Path, overrides: list[str], epochs: list[tuple[float, float, float]],

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from splitnet.seeding import dropout_keep
+from splitnet.model.seeding import dropout_keep
 
 
 class GroupLRN(nn.Module):
@@ -116,7 +116,7 @@ def add_layer(parent: nn.Module, name: str, module: nn.Module) -> None:
     try:
         parent.add_module(name, module)
     except KeyError as exc:
-        from splitnet.spec import SpecError
+        from splitnet.model.spec import SpecError
 
         raise SpecError(f"layer {name!r}: the name clashes with an attribute of a torch module; "
                         "rename the layer") from exc

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import DeviceCost
 from splitnet.profile.account import CATEGORIES
 from splitnet.profile.waits import time_split
-from splitnet.report import human, table
-from splitnet.spec import load_spec
+from splitnet.tables import table
+from splitnet.units import human
 
 
 def planned_breakdown(cost: DeviceCost) -> dict[str, int]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitnet.layers import GroupLRN, set_step
-from splitnet.reference import build_reference, initial_weight
+from splitnet.model.layers import GroupLRN, set_step
+from splitnet.model.reference import build_reference, initial_weight
 from tests.conftest import SHIPPED, shipped_spec
 
 
@@ -78,7 +78,7 @@ def test_dropout_mask_depends_on_step_not_on_call_count(alexnet_small):
 
 
 def test_a_layer_name_that_clashes_with_torch_is_a_clear_error():
-    from splitnet.spec import SpecError, load_spec
+    from splitnet.model.spec import SpecError, load_spec
 
     spec = load_spec({"name": "m", "input": {"channels": 1, "size": 8}, "layers": [
         {"name": "forward", "op": "conv", "out": 2, "kernel": 3}, {"name": "f", "op": "flatten"},

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from splitnet.sweep import Setting, Sweep
+from splitnet.report.sweep import Setting, Sweep
 
 
 def _label(setting: Setting) -> str:
@@ -33,7 +33,7 @@ def _by_epoch(setting: Setting, series: str) -> tuple[list[int], list[float], li
     return xs, means, stds
 
 
-def draw_curves(sweep: Sweep, out: Path) -> Path:
+def draw_sweep_curves(sweep: Sweep, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
