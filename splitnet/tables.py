@@ -59,6 +59,8 @@ def _exchange(ex: Exchange | None) -> tuple[str, str, str]:
     if ex is None:
         return "", "", ""
     groups = " ".join("{" + ",".join(str(r) for r in g) + "}" for g in ex.groups) or "replicas"
+    if ex.moves:  # a halo: who sends whom which channels (the pairs that talk, said more precisely)
+        groups = " ".join(f"{src}>{dst}:{a}-{b}" for src, dst, (a, b) in ex.moves)
     what = f"{ex.mode}: {ex.collective}/{ex.backward} {groups}"
     if ex.uneven:  # the collective pads every part to the largest; the bytes are the padded ones
         what += f" parts {ex.uneven}"

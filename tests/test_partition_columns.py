@@ -258,6 +258,39 @@ def test_lrn_across_a_device_edge_takes_only_its_windows_reach_from_the_neighbou
     assert received == [(2 * channel, 2 * channel), (4 * channel, 4 * channel), (2 * channel, 2 * channel)] * 2
 
 
+def test_a_halo_states_every_move_and_what_each_device_reads(alexnet_small):
+    # the same 6 devices (tower 0: 0..5 | 5..10 | 10..16, tower 1 the same 16 channels on):
+    # each move is (from, to, channels), receivers in rank order
+    norm1 = plan_of(alexnet_small, devices=6).placement("norm1")
+    tower0 = [(1, 0, (5, 7)), (0, 1, (3, 5)), (2, 1, (10, 12)), (1, 2, (8, 10))]
+    moves = tuple(tower0 + [(src + 3, dst + 3, (a + 16, b + 16)) for src, dst, (a, b) in tower0])
+    assert norm1.exchange.moves == moves
+    # a device reads its own channels and what the moves bring it, never across a tower edge
+    assert [s.reads for s in norm1.shards] == [(0, 7), (3, 12), (8, 16), (16, 23), (19, 28), (24, 32)]
+    channel = B * 32 * 32 * F
+    for r in range(6):  # the bytes are the moves': forward what comes in, backward what went out
+        assert norm1.exchange.received(r) == (
+            sum(b - a for _, dst, (a, b) in moves if dst == r) * channel,
+            sum(b - a for src, _, (a, b) in moves if src == r) * channel)
+    # where no window crosses a device edge there is no halo, and no move
+    assert plan_of(alexnet_small, devices=2).placement("norm1").exchange is None
+
+
+def test_each_shard_states_the_input_channels_it_reads(alexnet):
+    plan = plan_of(alexnet, devices=4, exchange="auto")
+    # conv2 (connect: group, 2 towers of 48 input channels): a device reads its tower's inputs
+    assert [s.reads for s in plan.placement("conv2").shards] == [(0, 48), (0, 48), (48, 96), (48, 96)]
+    # conv5 sums partial outputs within a tower: a device reads the columns it holds
+    conv5 = plan.placement("conv5").shards
+    assert [s.reads for s in conv5] == [(0, 96), (96, 192), (192, 288), (288, 384)]
+    assert [s.reads for s in conv5] == [s.out for s in plan.placement("conv4").shards]
+    # conv3 (connect: full, gathered) reads its whole input: stated as nothing
+    assert [s.reads for s in plan.placement("conv3").shards] == [None] * 4
+    # a reduce-mode connecting layer reads the input columns it holds
+    fc7 = plan_of(alexnet, devices=2, exchange="reduce").placement("fc7").shards
+    assert [s.reads for s in fc7] == [s.cols for s in fc7] == [(0, 2048), (2048, 4096)]
+
+
 def test_a_device_across_a_tower_edge_gathers_from_both_towers(alexnet_small):
     # 3 devices: conv1's 32 channels as 10 | 11 | 11; device 1 holds 10..21, across the tower
     # edge at 16, so conv2 (connect: group) on device 1 reads both towers: all three gather

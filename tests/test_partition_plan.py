@@ -35,12 +35,25 @@ def _plans(alexnet, alexnet_small):
     yield make_plan(alexnet, {"strategy": "pipeline", "boundaries": ["conv3", "fc6"], "microbatches": 4},
                     Mesh(devices=3, replicas=2), 128)
     yield make_plan(alexnet_small, {"strategy": "auto"}, Mesh(devices=2, device_memory=3 * 2**30), 64)
+    yield make_plan(alexnet_small, {"strategy": "columns", "exchange": "auto"}, Mesh(devices=6), 64)
 
 
 def test_round_trip(alexnet, alexnet_small):
     for plan in _plans(alexnet, alexnet_small):
         assert Plan.from_dict(plan.to_dict()) == plan
         assert Plan.from_dict(json.loads(plan.to_json())) == plan
+
+
+def test_round_trip_keeps_halo_moves_and_read_ranges(alexnet_small):
+    plan = make_plan(alexnet_small, {"strategy": "columns", "exchange": "auto"}, Mesh(devices=6), 64)
+    back = Plan.from_dict(json.loads(plan.to_json()))
+    halos = [p for p in plan.layers if p.exchange is not None and p.exchange.mode == "halo"]
+    assert [p.name for p in halos] == ["norm1", "norm2"]
+    for p in halos:
+        assert back.placement(p.name).exchange.moves == p.exchange.moves != ()
+    reads = {(p.name, s.rank): s.reads for p in plan.layers for s in p.shards if s.reads is not None}
+    assert {("norm1", 1), ("conv2", 0)} <= set(reads)
+    assert {(p.name, s.rank): s.reads for p in back.layers for s in p.shards if s.reads is not None} == reads
 
 
 def test_replicas_sum_each_ranks_gradients(alexnet):

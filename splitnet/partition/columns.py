@@ -29,12 +29,15 @@ it does not hold:
   device then computes the same loss, so the backward needs no exchange).
 
 Every exchange states each device's part; unequal parts are padded to the largest around
-the collective, and the bytes the plan states are the padded ones.
+the collective, and the bytes the plan states are the padded ones. Every shard states the
+input channels it reads where they are not its whole input (``Shard.reads``), and a halo
+every transfer (``Exchange.moves``): the runtime follows them and recomputes neither.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from fractions import Fraction
 from math import prod
 
@@ -167,7 +170,18 @@ def _halo(moves: Sequence[tuple[int, int, Range]], unit_bytes: int) -> Exchange 
     per_rank = tuple((r, Fraction(fwd.get(r, 0)), Fraction(bwd.get(r, 0))) for r in ranks)
     pairs = tuple(sorted({(min(s, d), max(s, d)) for s, d, _ in moves}))
     return Exchange("halo", "send", "send", pairs, max(f for _, f, _ in per_rank), max(b for _, _, b in per_rank),
-                    per_rank)
+                    per_rank, moves=tuple(moves))
+
+
+def _reads(layer: Layer, shard: Shard, held: Range | None) -> Shard:
+    """``shard`` with the input channels its weighted layer reads, where not the whole input:
+    a reduce-mode shard its columns' channels (``held``), a group layer its towers' inputs."""
+    whole = (0, layer.in_shape[0])
+    if shard.cols is not None:
+        reads = held
+    else:
+        reads = group_need(layer, shard.out) if layer.connect == "group" else whole
+    return replace(shard, reads=reads) if reads != whole else shard
 
 
 def _widths(ranges: Sequence[Range], group: Sequence[int]) -> tuple[int, ...]:
@@ -245,14 +259,19 @@ def shard_columns(spec: ModelSpec, layers: Sequence[Layer], devices: int, exchan
                             ex.bytes_fwd + ex.bytes_bwd, kept_gather):
                         shards = _tower_columns(layer, held, outs, towers)
                         ex = reduce
+            shards = tuple(_reads(layer, s, held[s.rank] if held is not None else None) for s in shards)
             summed = ex is not None and ex.collective == "all_reduce"
             held = None if summed else outs
         else:
+            reads: list[Range | None] = [None] * devices
             if held is not None and layer.op == "lrn" and layer.size > 1:
                 ex = _halo(halo_moves(layer, held), unit_in)
+                if ex is not None:  # each device's window reaches into the channels the halo brings
+                    reads = [lrn_reach(layer, own) for own in held]
+                    reads = [r if r != own else None for r, own in zip(reads, held, strict=True)]
             if held is not None and layer.op == "flatten":
                 held = [(a * spatial_in, b * spatial_in) for a, b in held]
-            shards = tuple(Shard(r, held[r] if held is not None else (0, channels)) for r in ranks)
+            shards = tuple(Shard(r, held[r] if held is not None else (0, channels), reads=reads[r]) for r in ranks)
         placements.append(Placement(layer.name, layer.op, shards, ex))
     return placements, held
 

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from math import prod
 
 from splitnet.model.spec import Layer, ModelSpec
-from splitnet.partition.columns import lrn_reach
 from splitnet.partition.plan import Placement, Shard, in_chunks
 
 INDEX_BYTES = 8  # max-pool indices and class labels are int64
@@ -117,15 +116,15 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
             grad_in = 2 * assembled + prev
         elif _talks(p, rank) and p.exchange is not None and p.exchange.mode == "halo":
             # own channels widened by the neighbours' (a new tensor); backward: its gradient and ours
-            lo, hi = lrn_reach(layer, shard.out)
+            lo, hi = shard.reads or shard.out
             assembled = rows * (hi - lo) * prod(layer.in_shape[1:]) * b
             grad_in = assembled + prev
         elif _talks(p, rank) and p.exchange is not None and p.exchange.collective == "reduce_scatter":
             # backward all-gathers the output gradient: the whole partial output's size
             grad_in = prev + sum(p.exchange.parts_of(rank) or ()) * rows * spatial * b
         if layer.op == "lrn":
-            if assembled:  # own channels plus the window's reach, copied out of the gathered ones
-                lo, hi = lrn_reach(layer, shard.out)
+            if assembled:  # own channels plus the window's reach, as the halo brought them
+                lo, hi = shard.reads or shard.out
                 channels = hi - lo
                 x = rows * channels * spatial * b
                 keep += x + 2 * x + x * (channels + layer.size - 1) // channels

@@ -50,12 +50,19 @@ class Shard:
     """What one rank computes of a layer: output channels [out0, out1), and for a
     weight held by input columns (reduce mode) the weight's columns [cols0, cols1) of the
     weight rows ``rows`` (default: every row; a ``connect: group`` layer in reduce mode
-    holds one tower's rows, and its columns count from that tower's first input channel)."""
+    holds one tower's rows, and its columns count from that tower's first input channel).
+
+    ``reads``: the input channels (features, for a linear layer) this rank's computation
+    reads, in the layer's input numbering, where they are not the whole input: a
+    ``connect: group`` layer's towers, a reduce-mode layer's columns, an LRN's own channels
+    widened by its window's reach into its neighbours' (which a halo brings). None: all of
+    them (a weighted layer) or exactly ``out`` (a weightless one)."""
 
     rank: int
     out: tuple[int, int]
     cols: tuple[int, int] | None = None
     rows: tuple[int, int] | None = None
+    reads: tuple[int, int] | None = None
 
     def weight_rows(self, out: int) -> tuple[int, int]:
         """The weight rows this rank holds, for a layer of ``out`` output channels."""
@@ -69,13 +76,15 @@ class Shard:
             d["in_columns"] = list(self.cols)
         if self.rows is not None:
             d["weight_rows"] = list(self.rows)
+        if self.reads is not None:
+            d["reads"] = list(self.reads)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Shard:
-        cols, rows = d.get("in_columns"), d.get("weight_rows")
+        cols, rows, reads = d.get("in_columns"), d.get("weight_rows"), d.get("reads")
         return cls(int(d["rank"]), tuple(d["out_channels"]), tuple(cols) if cols else None,  # type: ignore[arg-type]
-                   tuple(rows) if rows else None)  # type: ignore[arg-type]
+                   tuple(rows) if rows else None, tuple(reads) if reads else None)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,10 @@ class Exchange:
     in the group's rank order. Parts may differ by a channel or a row where a width does
     not divide by the device count; the collective then pads every part to the largest,
     and the bytes here are the padded ones, which are what moves.
+
+    ``moves``: a halo's point-to-point transfers, (from, to, channels) with channels in the
+    layer's numbering: forward ``from`` sends ``to`` those of its channels, backward their
+    gradients go back. Every other exchange has none.
     """
 
     mode: str
@@ -101,6 +114,7 @@ class Exchange:
     bytes_bwd: Fraction
     per_rank: tuple[tuple[int, Fraction, Fraction], ...] = ()
     parts: tuple[tuple[int, ...], ...] = ()
+    moves: tuple[tuple[int, int, tuple[int, int]], ...] = ()
 
     @property
     def uneven(self) -> str:
@@ -134,7 +148,7 @@ class Exchange:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "mode": self.mode, "collective": self.collective, "backward": self.backward,
             "groups": [list(g) for g in self.groups],
             "bytes_fwd": round(self.bytes_fwd), "bytes_bwd": round(self.bytes_bwd),
@@ -143,6 +157,9 @@ class Exchange:
                           "exact": [str(f), str(b)]} for r, f, b in self.per_rank],
             "parts": [list(p) for p in self.parts],
         }
+        if self.moves:
+            d["moves"] = [{"from": s, "to": t, "channels": list(ch)} for s, t, ch in self.moves]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Exchange:
@@ -154,6 +171,8 @@ class Exchange:
             tuple((int(p["rank"]), Fraction(p["exact"][0]), Fraction(p["exact"][1]))
                   for p in d.get("per_rank", [])),
             tuple(tuple(int(n) for n in p) for p in d.get("parts", [])),
+            tuple((int(m["from"]), int(m["to"]), (int(m["channels"][0]), int(m["channels"][1])))
+                  for m in d.get("moves", [])),
         )
 
 

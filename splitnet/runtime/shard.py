@@ -7,12 +7,14 @@ time. Exchanges are wired exactly where the plan puts them, through comm.exchang
 
 While building, the shard follows which input channels the rank holds at each layer
 (``held``): a gather widens it to the group's channels; a layer then slices the
-channels it reads out of what it holds. Placement is never decided here.
+channels the plan says it reads (``Shard.reads``) out of what it holds, and an LRN's halo
+moves the plan's ``Exchange.moves``. Placement is never decided or recomputed here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,6 @@ from splitnet.errors import SplitnetError
 from splitnet.model.layers import GroupLRN, SeededDropout, SegmentLRN, add_layer, grouped_linear
 from splitnet.model.reference import initial_bias, initial_weight
 from splitnet.model.spec import Layer, ModelSpec
-from splitnet.partition.columns import group_need, halo_moves, lrn_reach
 from splitnet.partition.plan import PSEUDO, Placement, Plan, Shard, split
 
 # Point-to-point tags of halo exchanges: far above a pipeline's (2 per micro-batch), one pair per layer
@@ -98,28 +99,19 @@ class Weighted(nn.Module):
 
 class Weightless(nn.Module):
     """relu / lrn / maxpool / flatten / dropout on this rank's channels (LRN: optionally
-    after gathering its neighbours' channels, keeping only its own channels afterwards)."""
+    after a halo brings its neighbours' channels, keeping only its own channels afterwards)."""
 
-    def __init__(self, fn: nn.Module, pre: Link | Halo | None = None, keep: tuple[int, int] | None = None,
-                 span: tuple[int, int] = (0, 0)) -> None:
+    def __init__(self, fn: nn.Module, pre: Halo | None = None, keep: tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.fn, self.pre, self.keep, self.span = fn, pre, keep, span
+        self.fn, self.pre, self.keep = fn, pre, keep
 
     def stages(self) -> list[Stage]:
         if self.pre is None or self.keep is None:
             return [self.fn]
-        if isinstance(self.pre, Halo):  # own channels and the window's reach, received point to point
-            return [self.pre, self._keep]
-        return [Gather(self.pre, 1), self._window]
+        return [self.pre, self._keep]  # own channels and the window's reach, received point to point
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)[:, self.keep[0]:self.keep[1]]  # type: ignore[index]
-
-    def _window(self, gathered: torch.Tensor) -> torch.Tensor:
-        # Only the own channels and the window's reach on either side (``span`` of the gathered
-        # channels) go on: a copy, so the gathered tensor is freed at once and backward keeps
-        # (own + halo) channels, not everything gathered.
-        return self._keep(gathered[:, self.span[0]:self.span[1]].contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_stages(self.stages(), x)
@@ -252,10 +244,12 @@ def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
             module = _weighted(spec, layer, shard, held, seed, link, mode, summed)
             held = (0, layer.out) if summed else shard.out
         else:
-            pre: Link | Halo | None = link if mode == "gather" else None
-            if mode == "halo":
-                pre = _halo_of(tr, placement, layer, mp, spec.index(layer.name))
-            module, held = _weightless(layer, shard.out, held, seed, pre)
+            if mode == "gather":
+                raise SplitnetError(f"layer {layer.name!r}: the plan gathers the input of a weightless layer, "
+                                    "which no runtime path does (an LRN reads its neighbours through a halo); "
+                                    "re-plan it")
+            halo = _halo_of(tr, placement, shard, spec.index(layer.name)) if mode == "halo" else None
+            module, held = _weightless(layer, shard, held, seed, halo)
         add_layer(net, layer.name, module)
         net.names.append(layer.name)
         if layer.op == "dropout" and placement.batch_split:
@@ -267,35 +261,51 @@ def build_shard(spec: ModelSpec, plan: Plan, rank: int, seed: int = 0,
     return net.to(transport.device) if transport is not None else net
 
 
-def _halo_of(transport: Transport, placement: Placement, layer: Layer, mp: int, index: int) -> Halo | None:
-    """This rank's side of an LRN's halo exchange (None: it neither sends nor receives)."""
-    held = [s.out for s in sorted(placement.shards, key=lambda s: s.rank)]
-    moves = halo_moves(layer, held)
+def _halo_of(transport: Transport, placement: Placement, shard: Shard, index: int) -> Halo | None:
+    """This rank's side of an LRN's halo exchange, as the plan's moves state it (None: it
+    neither sends nor receives). A move that does not fit the plan's shards is refused:
+    computing on other channels than the plan says would be silently wrong."""
+    moves = placement.exchange.moves  # type: ignore[union-attr]
+    mp = shard.rank
+    for src, dst, (a, b) in moves:
+        sender, receiver = placement.shard(src), placement.shard(dst)
+        if sender is None or receiver is None or not _within((a, b), sender.out) \
+                or not _within((a, b), receiver.reads or receiver.out):
+            raise SplitnetError(f"layer {placement.name!r}: halo move of channels {(a, b)} from rank {src} to "
+                                f"{dst} lies outside what the sender holds or the receiver reads; the plan is "
+                                "inconsistent (re-plan it)")
     sends = tuple((dst, ch) for src, dst, ch in moves if src == mp)
     recvs = tuple((src, ch) for src, dst, ch in moves if dst == mp)
+    # the halo joins what it receives around the own channels, in the plan's order
+    (o0, o1), reads = shard.out, shard.reads or shard.out
+    chain = [ch for _, ch in recvs if ch[0] < o0] + [shard.out] + [ch for _, ch in recvs if ch[0] >= o1]
+    if any(p[1] != q[0] for p, q in pairwise(chain)) or (chain[0][0], chain[-1][1]) != reads:
+        raise SplitnetError(f"layer {placement.name!r}: rank {mp} reads channels {reads} but the halo moves "
+                            f"bring it {[ch for _, ch in recvs]} beside its own {shard.out}; the plan is "
+                            "inconsistent (re-plan it)")
     if not sends and not recvs:
         return None
-    return Halo(transport, layer.name, held[mp], sends, recvs, HALO_TAGS + index)
+    return Halo(transport, placement.name, shard.out, sends, recvs, HALO_TAGS + index)
+
+
+def _within(inner: tuple[int, int], outer: tuple[int, int]) -> bool:
+    return outer[0] <= inner[0] < inner[1] <= outer[1]
 
 
 def _weighted(spec: ModelSpec, layer: Layer, shard: Shard, held: tuple[int, int], seed: int,
               link: Link | None, mode: str | None, summed: bool) -> Weighted:
     out0, out1 = shard.out
-    c_in = layer.in_shape[0]
+    need = shard.reads or (0, layer.in_shape[0])
     if shard.cols is not None:  # reduce mode: all output rows (or its tower's), its input columns
-        c0, c1 = shard.cols
         rows0, rows1 = shard.weight_rows(layer.out)
-        weight = initial_weight(spec, layer, seed, range(rows0, rows1), cols=(c0, c1))
-        # a group layer's columns count from its tower's first input channel
-        base = rows0 // (layer.out // layer.groups) * (c_in // layer.groups) if layer.connect == "group" else 0
-        need, groups, uneven = (base + c0, base + c1), 1, ()
+        weight = initial_weight(spec, layer, seed, range(rows0, rows1), cols=shard.cols)
+        groups, uneven = 1, ()
     else:
         weight = initial_weight(spec, layer, seed, range(out0, out1))
         if layer.connect == "full":
-            need, groups, uneven = (0, c_in), 1, ()
+            groups, uneven = 1, ()
         else:
             per_out = layer.out // layer.groups
-            need = group_need(layer, shard.out)
             # each tower's rows of this shard: one grouped op when they are equal, else one op per tower
             rows = tuple(min(out1, (g + 1) * per_out) - max(out0, g * per_out)
                          for g in range(out0 // per_out, -(-out1 // per_out)))
@@ -310,8 +320,8 @@ def _weighted(spec: ModelSpec, layer: Layer, shard: Shard, held: tuple[int, int]
                     0 if mode == "batch" else 1, post, summed, (out0, out1), uneven)
 
 
-def _weightless(layer: Layer, out: tuple[int, int], held: tuple[int, int], seed: int,
-                link: Link | Halo | None) -> tuple[nn.Module, tuple[int, int]]:
+def _weightless(layer: Layer, shard: Shard, held: tuple[int, int], seed: int,
+                halo: Halo | None) -> tuple[nn.Module, tuple[int, int]]:
     c = layer.in_shape[0]
     per_group = c // layer.groups
     if layer.op == "relu":
@@ -324,16 +334,14 @@ def _weightless(layer: Layer, out: tuple[int, int], held: tuple[int, int], seed:
     if layer.op == "dropout":
         return Weightless(SeededDropout(layer.p, seed, layer.name, (held[0], held[1], c))), held
     if layer.op == "lrn":
-        if link is not None:  # ours widened by their reach (halo, or gathered into ``held``); keep ours
-            lo, hi = lrn_reach(layer, out)
+        if halo is not None:  # ours widened by the window's reach the halo brings; keep ours
+            out, (lo, hi) = shard.out, shard.reads or shard.out
             # beyond a tower's edge the window reads zeros, as the per-group reference does
             cuts = [lo, *range((lo // per_group + 1) * per_group, hi, per_group), hi]
             widths = tuple(b - a for a, b in zip(cuts, cuts[1:], strict=False))
             lrn: nn.Module = GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, 1) if len(widths) == 1 \
                 else SegmentLRN(layer.size, layer.alpha, layer.beta, layer.k, widths)
-            if isinstance(link, Halo):
-                return Weightless(lrn, link, (out[0] - lo, out[1] - lo)), out
-            return Weightless(lrn, link, (out[0] - lo, out[1] - lo), (lo - held[0], hi - held[0])), out
+            return Weightless(lrn, halo, (out[0] - lo, out[1] - lo)), out
         width = held[1] - held[0]
         if layer.size == 1:  # a window of one channel never crosses a group (the plan has no exchange)
             return Weightless(GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, 1)), held
