@@ -13,8 +13,9 @@ makes the gradient exact:
 | Halo                        | receive neighbours' edge      | send the halo's gradient back; add the |
 |                             | channels, point to point      | gradients of the edges sent            |
 
-plus point-to-point activation/gradient transfer for pipeline stages (and, in
-comm/buckets.py, the gradient all-reduce for replicated weights). A shard's layers list
+plus, outside this file, a pipeline stage's activations and gradients, handed to the next
+stage with the transport's point-to-point ``send``/``recv`` (runtime/schedule.py), and the
+gradient all-reduce for replicated weights (comm/buckets.py). A shard's layers list
 their ops, each bound to one exchange point of the plan (a ``Link``); nothing else in
 splitnet issues a collective.
 
@@ -267,24 +268,6 @@ def begin(x: torch.Tensor, ex: ExchangeOp, lane: int) -> tuple[torch.Tensor, Tic
 def end(started: tuple[torch.Tensor, Ticket, torch.Size], ex: ExchangeOp, lane: int) -> torch.Tensor:
     token, ticket, like = started
     return _End.apply(token, ex, lane, ticket, like)
-
-
-def send_activation(x: torch.Tensor, transport: Transport, dst: int, tag: int) -> Any:
-    return transport.send(x.detach(), dst, tag)
-
-
-def recv_activation(shape: tuple[int, ...], transport: Transport, src: int, tag: int,
-                    layer: str) -> torch.Tensor:
-    return transport.recv(shape, src, tag, layer, "fwd")
-
-
-def send_gradient(grad: torch.Tensor, transport: Transport, dst: int, tag: int) -> Any:
-    return transport.send(grad, dst, tag)
-
-
-def recv_gradient(shape: tuple[int, ...], transport: Transport, src: int, tag: int,
-                  layer: str) -> torch.Tensor:
-    return transport.recv(shape, src, tag, layer, "bwd")
 
 
 def share_metrics(values: torch.Tensor, transport: Transport, src: int) -> torch.Tensor:

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-# Exchange modes, and the pseudo-layers that carry exchanges of no single spec layer.
-MODES = ("gather", "reduce", "logits", "send", "batch", "grads", "halo")
+# The pseudo-layers that carry exchanges of no single spec layer.
 PSEUDO = ("loss", "conv_grads", "replicas")
 
 

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from splitnet.comm.exchange import recv_activation, recv_gradient, send_activation, send_gradient
 from splitnet.comm.transport import Transport
 from splitnet.model.layers import set_step
 from splitnet.runtime.shard import ShardNet
@@ -103,10 +102,10 @@ def pipeline_forward(shard: ShardNet, x: torch.Tensor, transport: Transport) -> 
     """Inference through the stages, the batch as one micro-batch; logits on the last stage."""
     stage, stages = shard.mp_rank, shard.plan.devices
     first, _, in_shape, _ = _stage_shapes(shard)
-    inp = x if stage == 0 else recv_activation((x.shape[0], *in_shape), transport, stage - 1, 0, first)
+    inp = x if stage == 0 else transport.recv((x.shape[0], *in_shape), stage - 1, 0, first, "fwd")
     out = shard(inp)
     if stage < stages - 1:
-        transport.wait(send_activation(out, transport, stage + 1, 0), first, "send")
+        transport.wait(transport.send(out.detach(), stage + 1, 0), first, "send")
         return None
     return out
 
@@ -145,7 +144,7 @@ def pipeline_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: 
             if stage == 0:
                 inp = x[m * mb:(m + 1) * mb]
             else:
-                inp = recv_activation((mb, *in_shape), transport, stage - 1, m, first)
+                inp = transport.recv((mb, *in_shape), stage - 1, m, first, "fwd")
                 inp.requires_grad_(True)
                 for done in releases.get(m, ()):
                     transport.wait(sent_bwd.pop(done), first, "send")
@@ -154,7 +153,7 @@ def pipeline_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: 
                 graphs[m] = loss_fn(out, y[m * mb:(m + 1) * mb], reduction="sum") / batch
                 losses[m], logits[m] = graphs[m].detach(), out.detach()
             else:
-                sent_fwd[m] = send_activation(out, transport, stage + 1, m)
+                sent_fwd[m] = transport.send(out.detach(), stage + 1, m)
             inputs[m], outputs[m] = inp, out
             continue
         if i == final_backward and before_last_backward is not None:
@@ -162,13 +161,13 @@ def pipeline_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: 
         if last_stage:
             graphs.pop(m).backward()  # the graph holds this micro-batch's input: let both go
         else:
-            grad = recv_gradient(tuple(outputs[m].shape), transport, stage + 1, m_count + m, next_layer or "")
+            grad = transport.recv(tuple(outputs[m].shape), stage + 1, m_count + m, next_layer or "", "bwd")
             transport.wait(sent_fwd.pop(m), first, "send")
             outputs[m].backward(grad)
         inp = inputs.pop(m)
         del outputs[m]
         if stage > 0:
-            sent_bwd[m] = send_gradient(inp.grad, transport, stage - 1, m_count + m)
+            sent_bwd[m] = transport.send(inp.grad, stage - 1, m_count + m)
     for work in [*sent_fwd.values(), *sent_bwd.values()]:
         transport.wait(work, first, "send")
     if last_stage:
