@@ -24,8 +24,14 @@ def hybrid(spec, devices, exchange="auto", batch=B):
     return make_plan(spec, {"strategy": "hybrid", "exchange": exchange}, Mesh(devices=devices), batch)
 
 
-def test_conv_parameters():
-    assert CONV_PARAMS == 2_334_080
+def test_the_replicated_conv_layers_hold_the_specs_conv_parameters(alexnet):
+    # hybrid replicates every layer before the first linear one: the spec's five conv layers,
+    # whose parameters (inferred from the spec) are the hand-written 2012 figures above
+    first_fc = next(i for i, layer in enumerate(alexnet.layers) if layer.op == "linear")
+    conv = [layer for layer in alexnet.layers[:first_fc] if layer.weighted]
+    assert [layer.name for layer in conv] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert sum(layer.params for layer in conv) == CONV_PARAMS == 2_334_080
+    assert alexnet.total_params - CONV_PARAMS == FC_PARAMS
 
 
 @pytest.mark.parametrize("devices", [2, 4])
