@@ -1,31 +1,20 @@
-"""``splitnet <command> [hydra overrides]``: the only module that reads configuration files.
+"""``splitnet <command> [hydra overrides]``: the command line.
 
-Every command but ``shards`` is a Hydra app over ``conf/config.yaml``; a user's own
-model files join through Hydra's search path (``--config-dir DIR model=NAME``).
+Every command but ``shards`` is a Hydra app over ``conf/config.yaml`` (found by
+configs.py); a user's own model files join through Hydra's search path
+(``--config-dir DIR model=NAME``). Below the commands, code takes resolved dicts.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from splitnet.configs import CONF_DIR
 from splitnet.errors import SplitnetError
-
-
-def _conf_dir() -> Path:
-    """$SPLITNET_CONF, else the repository's conf/ (a checkout), else the copy inside the wheel."""
-    if os.environ.get("SPLITNET_CONF"):
-        return Path(os.environ["SPLITNET_CONF"])
-    here = Path(__file__).resolve().parent
-    repo = here.parent / "conf"
-    return repo if (repo / "config.yaml").is_file() else here / "conf"
-
-
-CONF_DIR = _conf_dir()
 
 USAGE = """usage: splitnet <command> [key=value ...]
 
@@ -111,10 +100,11 @@ def _profile(cfg: dict[str, Any]) -> int:
 def _train(cfg: dict[str, Any]) -> int:
     from hydra.core.hydra_config import HydraConfig
 
+    from splitnet.launchers import choose_launcher
     from splitnet.train.job import run_train
 
     run_dir = Path(cfg["train"].get("run_dir") or HydraConfig.get().runtime.output_dir)
-    out = run_train(cfg, run_dir)
+    out = run_train(cfg, run_dir, choose_launcher(cfg))
     final = out["final"]
     if final is None:  # a torchrun rank that does not report: the reporting rank prints the result
         return 0

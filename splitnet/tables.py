@@ -125,6 +125,6 @@ def verify_table(report: dict[str, Any]) -> str:
                [(r["rank"], f"{r['planned']:,}", f"{r['allocated']:,}",
                  "ok" if r["planned"] == r["allocated"] else "MISMATCH") for r in report["param_bytes"]],
                right=(1, 2))
-    verdict = "OK: the split equals the reference and moves exactly what the plan says" if report["ok"] \
-        else "FAILED"
+    verdict = ("OK: the split equals the reference, and every collective was handed the tensor sizes the plan "
+               "expects (bytes by the planner's ring_bytes)") if report["ok"] else "FAILED"
     return "\n".join([head, "", diffs, "", ex or "(no exchanges)", "", pb, "", verdict])

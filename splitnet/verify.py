@@ -6,7 +6,7 @@ random batches of the spec's input shape; the reference runs the same K steps he
 Compared: logits and loss at every step, every parameter's gradient at every step, and
 every parameter's change over the K steps (the initial values are equal by
 construction); per rank and step, the meter's bytes at every layer against the plan's,
-exactly.
+exactly (what "moves exactly what the plan says" means: see ``compare_traffic``).
 
 Tolerance: float32 round-off. A split sums the same products in another order
 (gathered vs grouped convolutions, partial sums reduced across ranks), so values differ
@@ -27,12 +27,13 @@ names the tensor closest to failing.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from splitnet.comm.meter import compare_traffic
+from splitnet.data.synthetic import random_batch
 from splitnet.model.seeding import stream_seed
 from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition import Mesh, make_plan
@@ -41,10 +42,7 @@ from splitnet.partition.plan import Plan
 
 def verify_batch(spec: ModelSpec, seed: int, step: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole (all replicas) batch of step ``step``: N(0,1) images, uniform labels."""
-    gen = torch.Generator().manual_seed(stream_seed(seed, "verify", step))
-    x = torch.randn((batch, *spec.input_shape), generator=gen)
-    y = torch.randint(0, spec.num_classes, (batch,), generator=gen)
-    return x, y
+    return random_batch(batch, spec.input_shape, spec.num_classes, seed, "verify", step)
 
 
 def _optimizer(params: Any, vcfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -54,15 +52,11 @@ def _optimizer(params: Any, vcfg: dict[str, Any]) -> torch.optim.Optimizer:
 
 def verify_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
     """One rank of a verify run (any launcher can call this)."""
-    from splitnet.comm import Transport
-    from splitnet.runtime import build_shard, forward_backward
+    from splitnet.runtime import forward_backward, setup_rank
 
-    spec = load_spec(cfg["model"])
-    plan = Plan.from_dict(cfg["plan"])
     vcfg = cfg["verify"]
-    transport = Transport(plan, rank, timeout_s=cfg["comm"]["timeout_s"])
-    shard = build_shard(spec, plan, rank, seed=cfg["seed"], transport=transport)
-    opt = _optimizer(shard.parameters(), vcfg)
+    me = setup_rank(cfg, rank, optim=vcfg)
+    spec, plan, transport, shard, opt = me.spec, me.plan, me.transport, me.shard, me.optimizer
     batch = plan.batch_size
     steps = []
     for k in range(vcfg["steps"]):
@@ -74,8 +68,7 @@ def verify_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, 
                                   step=k)
         record: dict[str, Any] = {
             "grads": {n: p.grad.detach().cpu().clone() for n, p in shard.named_parameters() if p.grad is not None},
-            "meter": {layer: {"fwd": str(v["fwd"]), "bwd": str(v["bwd"]), "calls": v["calls"]}
-                      for layer, v in transport.meter.per_layer().items()},
+            "meter": transport.meter.reading(),
         }
         if result.logits is not None and transport.mp_rank == plan.output_rank:
             record["logits"], record["loss"] = result.logits.cpu(), result.loss.cpu()
@@ -177,7 +170,7 @@ def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
                  shaken["change"][name])
 
     values_ok = all(w["ratio"] <= 1.0 for w in worst.values())
-    exchanges, traffic_ok = _compare_traffic(plan, results)
+    exchanges, traffic_ok = compare_traffic(plan, results)
     param_rows = [{"rank": res["rank"], "planned": plan.costs[res["rank"] % d].param_bytes,
                    "allocated": res["param_bytes"]} for res in results]
     params_ok = all(row["planned"] == row["allocated"] for row in param_rows)
@@ -193,36 +186,3 @@ def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
         "exchanges": exchanges,
         "param_bytes": param_rows,
     }
-
-
-def _compare_traffic(plan: Plan, results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-    """Per layer, planned vs measured bytes (all ranks, per step) and calls; exact per rank and step."""
-    ok = True
-    planned: dict[str, Fraction] = {}
-    measured: dict[str, Fraction] = {}
-    calls: dict[str, int] = {}
-    mismatches: dict[str, list[str]] = {}
-    for res in results:
-        mp = res["rank"] % plan.devices
-        expected = plan.expected(mp)
-        for layer, (fwd, bwd) in expected.items():
-            planned[layer] = planned.get(layer, Fraction(0)) + fwd + bwd
-        for k, step in enumerate(res["steps"]):
-            seen = {layer: (Fraction(v["fwd"]), Fraction(v["bwd"])) for layer, v in step["meter"].items()}
-            for layer in set(seen) | set(expected):
-                want = expected.get(layer, (Fraction(0), Fraction(0)))
-                got = seen.get(layer, (Fraction(0), Fraction(0)))
-                if k == 0:
-                    measured[layer] = measured.get(layer, Fraction(0)) + sum(got)
-                    calls[layer] = calls.get(layer, 0) + step["meter"].get(layer, {}).get("calls", 0)
-                if got != want:
-                    ok = False
-                    mismatches.setdefault(layer, []).append(
-                        f"rank {res['rank']} step {k}: planned fwd/bwd {float(want[0]):.0f}/{float(want[1]):.0f}"
-                        f", measured {float(got[0]):.0f}/{float(got[1]):.0f}")
-    order = [p.name for p in plan.layers]
-    names = sorted(set(planned) | set(measured), key=lambda n: order.index(n) if n in order else len(order))
-    rows = [{"layer": n, "planned_bytes": round(planned.get(n, 0)), "measured_bytes": round(measured.get(n, 0)),
-             "calls": calls.get(n, 0), "ok": n not in mismatches, "mismatches": mismatches.get(n, [])[:4]}
-            for n in names]
-    return rows, ok

@@ -174,8 +174,7 @@ def meter_job(rank: int, world: int, cfg: dict[str, Any]) -> list[dict[str, Any]
         shard = build_shard(spec, plan, rank, transport=transport)
         x, y = verify_batch(spec, 0, 0, plan.batch_size)
         forward_backward(shard, x, y, transport, step=0)
-        out.append({layer: {"fwd": str(v["fwd"]), "bwd": str(v["bwd"]), "calls": v["calls"]}
-                    for layer, v in transport.meter.per_layer().items()})
+        out.append(transport.meter.reading())
     return out
 
 

@@ -8,9 +8,9 @@ from fractions import Fraction
 import pytest
 
 from splitnet.comm import Meter
+from splitnet.comm.meter import compare_traffic
 from splitnet.launchers.simulate import launch
 from splitnet.partition import Mesh, make_plan
-from splitnet.verify import _compare_traffic
 from tests.conftest import shipped_spec
 from tests.splitting import meter_job, model_dict
 
@@ -46,11 +46,11 @@ def test_traffic_check_catches_a_silent_layer_that_talked_and_a_short_exchange()
         meter.update(extra)
         return {"rank": rank, "steps": [{"meter": meter}]}
 
-    rows, ok = _compare_traffic(plan, [result(0, {}), result(1, {})])
+    rows, ok = compare_traffic(plan, [result(0, {}), result(1, {})])
     assert ok and all(row["ok"] for row in rows)
     assert {row["layer"] for row in rows} == {"conv3", "fc6", "fc7", "fc8", "loss"}
 
-    rows, ok = _compare_traffic(plan, [result(0, {"conv1": {"fwd": "4", "bwd": "0", "calls": 1}}), result(1, {})])
+    rows, ok = compare_traffic(plan, [result(0, {"conv1": {"fwd": "4", "bwd": "0", "calls": 1}}), result(1, {})])
     conv1 = next(row for row in rows if row["layer"] == "conv1")
     assert not ok and not conv1["ok"]
     assert (conv1["planned_bytes"], conv1["measured_bytes"]) == (0, 4)
@@ -58,7 +58,7 @@ def test_traffic_check_catches_a_silent_layer_that_talked_and_a_short_exchange()
 
     fwd, bwd = plan.expected(1)["fc6"]
     short = {"fc6": {"fwd": str(fwd - 1), "bwd": str(bwd), "calls": 2}}
-    rows, ok = _compare_traffic(plan, [result(0, {}), result(1, short)])
+    rows, ok = compare_traffic(plan, [result(0, {}), result(1, short)])
     assert not ok and [row["layer"] for row in rows if not row["ok"]] == ["fc6"]
 
 

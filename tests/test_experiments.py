@@ -68,14 +68,14 @@ def one_rank_in_process(monkeypatch):
     launcher, so that seven experiments fit the CI budget. Wider meshes still get processes."""
     import logging
 
-    from splitnet.train import job
+    import splitnet.launchers.simulate as simulate
 
-    spawn = job.launch_workers
+    spawn = simulate.launch
 
-    def launch(cfg: dict[str, Any], worker: Any, world_size: int) -> list[Any]:
-        return [worker(0, 1, cfg)] if world_size == 1 else spawn(cfg, worker, world_size)
+    def launch(worker: Any, world_size: int, cfg: dict[str, Any], **options: Any) -> list[Any]:
+        return [worker(0, 1, cfg)] if world_size == 1 else spawn(worker, world_size, cfg, **options)
 
-    monkeypatch.setattr(job, "launch_workers", launch)
+    monkeypatch.setattr(simulate, "launch", launch)
     yield
     logging.getLogger("splitnet.rank0").handlers.clear()  # train_worker's file handler into tmp_path
 
@@ -83,10 +83,12 @@ def one_rank_in_process(monkeypatch):
 @pytest.mark.timeout(600)  # a hang guard only: two processes on a loaded 2-core machine are slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_trains_a_few_steps(tmp_path, name, one_rank_in_process):
+    from splitnet.launchers import choose_launcher
     from splitnet.train.job import run_train
 
     last = [f"{k}={v[-1]}" for k, v in sweep_params(name).items()]  # the non-default end of every sweep
-    out = run_train(compose_cfg(f"+experiment={name}", *last, *TINY), tmp_path)
+    cfg = compose_cfg(f"+experiment={name}", *last, *TINY)
+    out = run_train(cfg, tmp_path, choose_launcher(cfg))
     assert out["final"]["step"] == 2
     assert out["final"]["val_samples"] == 10
     assert (tmp_path / "metrics.jsonl").is_file()

@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
+from splitnet.launchers.core import free_port
 from splitnet.launchers.ray import RayLaunchError
-from splitnet.launchers.simulate import free_port
 from tests.launching import (
     JOB,
     assert_bitwise_equal,

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from splitnet.comm import StalledExchange
-from splitnet.launchers.simulate import WorkerFailed, launch
+from splitnet.launchers.core import WorkerFailed
+from splitnet.launchers.simulate import launch
 from tests.splitting import plan_of, raising_job, stalling_job, verify_cfg
 
 
@@ -133,6 +134,10 @@ def test_ctrl_c_stops_the_job_and_every_worker(tmp_path):
 def test_a_killed_worker_is_named_with_its_signal_log_and_run_folder(tmp_path):
     job, ranks = _training_job(tmp_path)
     assert sorted(ranks) == [0, 1]
+    log = tmp_path / "logs" / "rank1.log"
+    while "rank 1 of 2" not in (log.read_text() if log.exists() else ""):  # rank 0 may train first
+        assert job.poll() is None, "the job ended before rank 1 wrote its log"
+        time.sleep(0.05)
     os.kill(ranks[1], signal.SIGKILL)
     _, err = job.communicate(timeout=60)
     assert job.returncode == 2, err[-3000:]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from splitnet.comm.clock import time_split
 from splitnet.profile.account import account, allocations, categorize
-from splitnet.profile.waits import time_split
 
 
 def test_peak_and_its_split_by_category():
@@ -42,6 +42,6 @@ def test_waiting_is_the_gap_before_the_last_peer_arrives():
     rank0 = [{"key": (0, 1, 0), "issued": 100, "entered": 100, "left": 500}]
     rank1 = [{"key": (0, 1, 0), "issued": 400, "entered": 400, "left": 500}]
     t0, t1 = time_split([rank0, rank1], [1e-6, 1e-6])
-    assert (t0["exchange_s"], t0["wait_s"]) == (400e-9, 300e-9)
-    assert (t1["exchange_s"], t1["wait_s"]) == (100e-9, 0.0)
+    assert (t0["blocked_s"], t0["peer_wait_s"]) == (400e-9, 300e-9)
+    assert (t1["blocked_s"], t1["peer_wait_s"]) == (100e-9, 0.0)
     assert abs(t0["compute_s"] - 600e-9) < 1e-15

@@ -40,8 +40,8 @@ def test_profile_of_a_tiny_spec_over_two_devices(tmp_path, monkeypatch, capsys):
         assert r["measured_peak_bytes"] == r["allocator_peak_bytes"] == sum(p["at_peak"] for p in parts.values())
         assert r["planned_peak_bytes"] == sum(p["planned"] or 0 for p in parts.values())
         assert r["rss_peak_bytes"] > r["measured_peak_bytes"]
-        assert 0 <= r["wait_s"] <= r["exchange_s"] < r["step_s"]
-        assert r["compute_s"] == pytest.approx(r["step_s"] - r["exchange_s"])
+        assert 0 <= r["peer_wait_s"] <= r["blocked_s"] < r["step_s"]
+        assert r["compute_s"] == pytest.approx(r["step_s"] - r["blocked_s"])
     rows = {x["layer"]: x for x in report["exchanges"]}
     # fc: all-gather of a 4 x 256 float32 input forward, reduce-scatter of its gradient back,
     # each device receiving half; the loss gathers the 4 x 6 logits

@@ -5,25 +5,31 @@ from __future__ import annotations
 import json
 import shutil
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
 
 from splitnet.cli import main
 from splitnet.errors import SplitnetError
-from splitnet.launchers.simulate import WorkerFailed
+from splitnet.launchers.core import WorkerFailed
 from splitnet.model.reference import build_reference
 from splitnet.model.spec import load_spec
-from splitnet.runtime import merge_state
-from splitnet.train.checkpoint import CheckpointError, complete_checkpoints
+from splitnet.train.checkpoint import CheckpointError, complete_checkpoints, merged_state, read_shard
 from splitnet.train.curves import read_metrics
 from splitnet.train.evaluate import evaluate_checkpoint
 from splitnet.train.export import export_checkpoint
 from tests.training import FAST, config, train
 
 
+def last_checkpoint(result: dict) -> Path:
+    return complete_checkpoints(Path(result["run_dir"]) / "checkpoints")[-1]
+
+
 def shards(result: dict) -> list[dict]:
-    return [r["params"] for r in sorted(result["results"], key=lambda r: r["rank"])]
+    """Every device's trained state, as the run's last checkpoint holds it."""
+    ckpt = last_checkpoint(result)
+    return [read_shard(ckpt, mp)["model"] for mp in range(result["plan"].devices)]
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +113,8 @@ def test_resume_continues_the_same_run_bitwise(straight, tmp_path):
 def test_resume_on_another_mesh(straight, tmp_path, mesh):
     train(tmp_path, *FAST, "train.epochs=1")
     resumed = train(tmp_path, *FAST, *mesh, "train.epochs=2", "train.resume=auto")
-    want = merge_state(straight["plan"], shards(straight))
-    got = merge_state(resumed["plan"], shards(resumed))
+    want = merged_state(last_checkpoint(straight))
+    got = merged_state(last_checkpoint(resumed))
     for name, value in want.items():
         assert torch.allclose(got[name], value, rtol=1e-4, atol=1e-6), name
 
@@ -173,11 +179,11 @@ def test_mid_epoch_resume_refuses_a_changed_batch_and_a_finished_run_reports(tmp
     (["eval.crops=5"], "eval.crops=5"),
 ])
 def test_bad_training_configs_fail_before_any_process(tmp_path, monkeypatch, overrides, words):
-    import splitnet.train.job
+    import splitnet.launchers.simulate
 
     def no_launch(*args, **kwargs):
         raise AssertionError("workers were started for a config that cannot run")
 
-    monkeypatch.setattr(splitnet.train.job, "launch_workers", no_launch)
+    monkeypatch.setattr(splitnet.launchers.simulate, "launch", no_launch)
     with pytest.raises(SplitnetError, match=words):
         train(tmp_path, *FAST, *overrides)

@@ -22,6 +22,8 @@ def config(*overrides: str) -> dict[str, Any]:
 
 
 def train(run_dir: Path, *overrides: str) -> dict[str, Any]:
+    from splitnet.launchers import choose_launcher
     from splitnet.train.job import run_train
 
-    return run_train(config(*overrides), run_dir)
+    cfg = config(*overrides)
+    return run_train(cfg, run_dir, choose_launcher(cfg))

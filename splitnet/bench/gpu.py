@@ -5,7 +5,8 @@ GPU's dense-math peak measured in the same run (a large matmul), not looked up i
 
 Achieved TFLOP/s = images/s x 3 x the spec's forward FLOPs per sample (forward + two
 backward matmuls). Not yet run on a GPU: no machine with one was at hand when it was
-written. NCCL over two GPUs needs a torchrun launcher, which splitnet does not have yet.
+written. One process, one GPU: splitnet over several GPUs (NCCL) is bench/nccl.sh, which
+starts ranks with ``launcher=torchrun``.
 """
 
 from __future__ import annotations
@@ -42,17 +43,17 @@ def matmul_peak(dtype: torch.dtype, n: int = 8192) -> float:
 
 
 def gpu_rates(model: str, batch: int, steps: int) -> dict[str, Any]:
-    import yaml
-
     from splitnet.bench.machine import machine
-    from splitnet.cli import CONF_DIR
-    from splitnet.comm import Transport
+    from splitnet.bench.worker import SGD
+    from splitnet.configs import model_config
     from splitnet.model.reference import build_reference
     from splitnet.model.spec import load_spec
     from splitnet.partition import Mesh, make_plan
-    from splitnet.runtime import build_shard, forward_backward
+    from splitnet.runtime import forward_backward, open_transport, setup_rank
 
-    spec = load_spec(yaml.safe_load((CONF_DIR / "model" / f"{model}.yaml").read_text()))
+    spec = load_spec(model_config(model))
+    plan = make_plan(spec, {"strategy": "columns"}, Mesh(1), batch)
+    rank_cfg = {"model": model_config(model), "plan": plan.to_dict(), "seed": 0, "comm": {"timeout_s": 300.0}}
     cuda = torch.device("cuda")
     x = torch.randn(batch, *spec.input_shape, device=cuda)
     y = torch.randint(0, spec.num_classes, (batch,), device=cuda)
@@ -61,7 +62,7 @@ def gpu_rates(model: str, batch: int, steps: int) -> dict[str, Any]:
         cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dtype == torch.bfloat16 else nullcontext
         peak = matmul_peak(dtype)
         ref = build_reference(spec, 0).to(cuda).train()
-        opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
+        opt = torch.optim.SGD(ref.parameters(), **SGD)
 
         def ref_step(k: int, ref: Any = ref, opt: Any = opt, cast: Any = cast) -> None:
             opt.zero_grad()
@@ -70,10 +71,8 @@ def gpu_rates(model: str, batch: int, steps: int) -> dict[str, Any]:
             loss.backward()
             opt.step()
 
-        plan = make_plan(spec, {"strategy": "columns"}, Mesh(1), batch)
-        transport = Transport(plan, 0, device=cuda)
-        shard = build_shard(spec, plan, 0, transport=transport)
-        sopt = torch.optim.SGD(shard.parameters(), lr=0.01, momentum=0.9)
+        me = setup_rank(rank_cfg, 0, optim=SGD, transport=open_transport(rank_cfg, 0, device=cuda))
+        shard, sopt, transport = me.shard, me.optimizer, me.transport
 
         def split_step(k: int, shard: Any = shard, sopt: Any = sopt, cast: Any = cast,
                        transport: Any = transport) -> None:
@@ -88,7 +87,7 @@ def gpu_rates(model: str, batch: int, steps: int) -> dict[str, Any]:
             rows.append({"name": f"{name} {str(dtype).removeprefix('torch.')}", "images_per_s": batch / seconds,
                          "tflops": achieved, "peak_tflops": peak, "share_of_peak": achieved / peak})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        del ref, opt, shard, sopt
+        del ref, opt, me, shard, sopt
     return {"suite": "gpu", "rows": rows, "machine": machine() | {"gpu": torch.cuda.get_device_name(0)},
             "settings": {"model": model, "batch": batch, "steps": steps}}
 

@@ -20,11 +20,11 @@ COLUMNS = [
     ("cpu_ratio", "CPU ratio (same round)", "{:.2f}"),
     ("step_s", "step s", "{:.3f}"),
     ("exchange_s", "in exchanges s", "{:.3f}"),
-    ("wait_s", "waiting s", "{:.3f}"),
+    ("blocked_s", "blocked s", "{:.3f}"),
     ("bytes_per_step", "bytes in/step/device", "{:,.0f}"),
     ("planned_bytes_per_step", "planned bytes", "{:,.0f}"),
     ("exchange_share", "exchange share of step", "{:.1%}"),
-    ("work_share", "share without waiting", "{:.1%}"),
+    ("unblocked_share", "share not blocked", "{:.1%}"),
 ]
 
 
@@ -36,8 +36,8 @@ def _cells(row: dict[str, Any], rate: str) -> dict[str, Any]:
         cells["ratio_range"] = f"{row['ratio_min']:.2f} - {row['ratio_max']:.2f}"
     if row.get("exchange_s") is not None and row.get("step_s"):
         cells["exchange_share"] = row["exchange_s"] / row["step_s"]
-    if row.get("exchange_work_s") is not None and row.get("step_s"):  # copies and transfers, not the late peer
-        cells["work_share"] = row["exchange_work_s"] / row["step_s"]
+    if row.get("unblocked_exchange_s") is not None and row.get("step_s"):  # copies and issuing: no transfer, no peer
+        cells["unblocked_share"] = row["unblocked_exchange_s"] / row["step_s"]
     return cells
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The per-step figures a contender may report beside its rate; medians over rounds.
-FIGURES = ("step_s", "cpu_s", "exchange_s", "wait_s", "exchange_work_s", "bytes_per_step")
+FIGURES = ("step_s", "cpu_s", "exchange_s", "blocked_s", "unblocked_exchange_s", "bytes_per_step")
 
 
 def summarise(rounds: Sequence[Mapping[str, Mapping[str, Any]]], baseline: str,

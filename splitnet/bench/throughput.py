@@ -53,8 +53,9 @@ def measure(cfg: dict[str, Any], s: dict[str, Any]) -> tuple[list[Any], list[dic
                     "images_per_s": s["batch"] * s["steps"] / seconds, "step_s": seconds / s["steps"],
                     "cpu_s": sum(x["cpu_s"] for x in ranks),
                     "images_per_cpu_s": s["batch"] / sum(x["cpu_s"] for x in ranks),
-                    "exchange_s": _max(x["exchange_s"] for x in ranks), "wait_s": _max(x["wait_s"] for x in ranks),
-                    "exchange_work_s": _max(x["exchange_s"] - x["wait_s"] for x in ranks
+                    "exchange_s": _max(x["exchange_s"] for x in ranks),
+                    "blocked_s": _max(x["blocked_s"] for x in ranks),
+                    "unblocked_exchange_s": _max(x["exchange_s"] - x["blocked_s"] for x in ranks
                                             if x["exchange_s"] is not None),
                     "bytes_per_step": max(x["bytes_per_step"] for x in ranks), "key": c.key, "world": c.world,
                     "planned_bytes_per_step": _planned(c.plan)}

@@ -5,9 +5,10 @@ builds the model, runs ``warmup`` untimed steps, then times ``steps`` steps betw
 barriers. Every contender trains with SGD-momentum on the same pre-drawn global batches
 (drawing random images inside the clock would time the generator). Per rank it reports
 seconds, CPU seconds (every thread of the process, gloo's included), bytes received per
-step and, for splitnet, the time inside exchanges. On a machine shared with other jobs
-the wall clock measures the neighbours too; CPU time mostly does not (though a pipeline
-bubble, idle, costs no CPU time either).
+step and, for splitnet, the exchange clock's ``exchange_s`` and ``blocked_s`` (see
+comm/clock.py). On a machine shared with other jobs the wall clock measures the
+neighbours too; CPU time mostly does not (though a pipeline bubble, idle, costs no CPU
+time either).
 """
 
 from __future__ import annotations
@@ -36,15 +37,19 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class Runner:
     step: Callable[[int], None]
     reset: Callable[[], None]
-    figures: Callable[[], dict[str, float | None]]   # since the last reset: bytes received, seconds inside exchanges
+    figures: Callable[[], dict[str, float | None]]   # since the last reset: bytes received, the clock's seconds
+
+
+# Every contender's optimizer: the same SGD-momentum, so only the split differs
+SGD = {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0}
 
 
 def _sgd(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    return torch.optim.SGD(params, **SGD)
 
 
 def _no_figures() -> dict[str, float | None]:
-    return {"bytes": 0.0, "exchange_s": None, "wait_s": None}
+    return {"bytes": 0.0, "exchange_s": None, "blocked_s": None}
 
 
 def reference_runner(spec: ModelSpec, batches: list[Batch]) -> Runner:
@@ -91,7 +96,7 @@ def ddp_runner(spec: ModelSpec, batches: list[Batch], rank: int, world: int) -> 
         opt.step()
 
     return Runner(step, lambda: received.__setitem__(0, 0.0),
-                  lambda: {"bytes": received[0], "exchange_s": None, "wait_s": None})
+                  lambda: {"bytes": received[0], "exchange_s": None, "blocked_s": None})
 
 
 class _Stage(nn.Sequential):
@@ -143,19 +148,18 @@ def torch_pipeline_runner(spec: ModelSpec, batches: list[Batch], rank: int, worl
         steps[0] += 1
 
     return Runner(step, lambda: steps.__setitem__(0, 0),
-                  lambda: {"bytes": float(moved * steps[0]), "exchange_s": None, "wait_s": None})
+                  lambda: {"bytes": float(moved * steps[0]), "exchange_s": None, "blocked_s": None})
 
 
-def splitnet_runner(spec: ModelSpec, batches: list[Batch], rank: int, plan_dict: dict[str, Any],
+def splitnet_runner(model: dict[str, Any], batches: list[Batch], rank: int, plan_dict: dict[str, Any],
                     timeout_s: float) -> Runner:
-    from splitnet.bench.timed import TimedTransport
-    from splitnet.partition.plan import Plan
-    from splitnet.runtime import build_shard, forward_backward
+    from splitnet.comm.clock import ClockedTransport
+    from splitnet.runtime import forward_backward, open_transport, setup_rank
 
-    plan = Plan.from_dict(plan_dict)
-    transport = TimedTransport(plan, rank, timeout_s=timeout_s)
-    shard = build_shard(spec, plan, rank, transport=transport)
-    opt = _sgd(shard.parameters())
+    cfg = {"model": model, "plan": plan_dict, "seed": 0, "comm": {"timeout_s": timeout_s}}
+    transport = open_transport(cfg, rank, kind=ClockedTransport)
+    me = setup_rank(cfg, rank, optim=SGD, transport=transport)
+    plan, shard, opt = me.plan, me.shard, me.optimizer
     rows = slice(transport.replica * plan.batch_size, (transport.replica + 1) * plan.batch_size)
 
     def step(k: int) -> None:
@@ -169,18 +173,18 @@ def splitnet_runner(spec: ModelSpec, batches: list[Batch], rank: int, plan_dict:
         transport.reset_clock()
 
     return Runner(step, reset, lambda: {"bytes": float(transport.meter.total()), "exchange_s": transport.exchange_s,
-                                        "wait_s": transport.wait_s})
+                                        "blocked_s": transport.blocked_s})
 
 
-def make_runner(spec: ModelSpec, batches: list[Batch], rank: int, world: int, c: dict[str, Any],
-            timeout_s: float) -> Runner:
+def make_runner(spec: ModelSpec, model: dict[str, Any], batches: list[Batch], rank: int, world: int,
+                c: dict[str, Any], timeout_s: float) -> Runner:
     if c["key"] == "reference":
         return reference_runner(spec, batches)
     if c["key"] == "ddp":
         return ddp_runner(spec, batches, rank, world)
     if c["key"] in ("gpipe", "1f1b"):
         return torch_pipeline_runner(spec, batches, rank, world, c["stages"], c["microbatches"], c["key"])
-    return splitnet_runner(spec, batches, rank, c["plan"], timeout_s)
+    return splitnet_runner(model, batches, rank, c["plan"], timeout_s)
 
 
 def bench_worker(rank: int, world: int, cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -190,7 +194,7 @@ def bench_worker(rank: int, world: int, cfg: dict[str, Any]) -> list[dict[str, A
     steps, warmup = cfg["steps"], cfg["warmup"]
     results = []
     for c in cfg["contenders"]:
-        runner = make_runner(spec, batches, rank, world, c, cfg["timeout_s"])
+        runner = make_runner(spec, cfg["model"], batches, rank, world, c, cfg["timeout_s"])
         for k in range(warmup):
             runner.step(k)
         dist.barrier()
@@ -204,7 +208,7 @@ def bench_worker(rank: int, world: int, cfg: dict[str, Any]) -> list[dict[str, A
         figures = runner.figures()
         results.append({"seconds": seconds, "cpu_s": cpu / steps, "bytes_per_step": figures["bytes"] / steps,  # type: ignore[operator]
                         "exchange_s": None if figures["exchange_s"] is None else figures["exchange_s"] / steps,
-                        "wait_s": None if figures["wait_s"] is None else figures["wait_s"] / steps})
+                        "blocked_s": None if figures["blocked_s"] is None else figures["blocked_s"] / steps})
         if rank == 0 and cfg.get("progress"):
             print(f"    {c['name']}: {cfg['batch'] * steps / seconds:,.1f} images/s", file=sys.stderr, flush=True)
         del runner

@@ -1,8 +1,10 @@
 """The meter: every transfer this rank takes part in, per layer and direction.
 
-Bytes are what this rank *receives*, under the same ring accounting as the plan's
-cost model (see splitnet/partition/plan.py), kept as exact fractions so a measured
-step can be compared with the plan to the byte. Always on: one dict update per call.
+Bytes are what this rank *receives*, computed from the size of the tensor handed to
+each collective with the plan's own ring accounting (``ring_bytes``, see
+splitnet/partition/plan.py), not counted on the wire; kept as exact fractions so a
+measured step can be compared with the plan to the byte (``compare_traffic``). Always
+on: one dict update per call.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections import defaultdict
 from fractions import Fraction
 from typing import Any
 
-from splitnet.partition.plan import ring_bytes
+from splitnet.partition.plan import Plan, ring_bytes
 
 
 class Meter:
@@ -40,3 +42,47 @@ class Meter:
 
     def total(self) -> Fraction:
         return sum(self.bytes.values(), Fraction(0))
+
+    def reading(self) -> dict[str, dict[str, Any]]:
+        """``per_layer`` with the fractions as strings: what a rank hands back to its launcher."""
+        return {layer: {"fwd": str(v["fwd"]), "bwd": str(v["bwd"]), "calls": v["calls"]}
+                for layer, v in self.per_layer().items()}
+
+
+def compare_traffic(plan: Plan, results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """Per layer, the plan's bytes beside the meter's (all ranks, per step) and the calls;
+    (rows, True when every rank's every step equals the plan exactly).
+
+    ``results``: one per rank, ``{"rank": r, "steps": [{"meter": Meter.reading()}, ...]}``.
+    Equal means: each collective was handed tensors of the sizes the plan expects, at the
+    layers it expects, converted to bytes received with the planner's own ``ring_bytes``.
+    It is not a count of the bytes on the wire (the backend's own algorithm moves those)."""
+    ok = True
+    planned: dict[str, Fraction] = {}
+    measured: dict[str, Fraction] = {}
+    calls: dict[str, int] = {}
+    mismatches: dict[str, list[str]] = {}
+    for res in results:
+        mp = res["rank"] % plan.devices
+        expected = plan.expected(mp)
+        for layer, (fwd, bwd) in expected.items():
+            planned[layer] = planned.get(layer, Fraction(0)) + fwd + bwd
+        for k, step in enumerate(res["steps"]):
+            seen = {layer: (Fraction(v["fwd"]), Fraction(v["bwd"])) for layer, v in step["meter"].items()}
+            for layer in set(seen) | set(expected):
+                want = expected.get(layer, (Fraction(0), Fraction(0)))
+                got = seen.get(layer, (Fraction(0), Fraction(0)))
+                if k == 0:
+                    measured[layer] = measured.get(layer, Fraction(0)) + sum(got)
+                    calls[layer] = calls.get(layer, 0) + step["meter"].get(layer, {}).get("calls", 0)
+                if got != want:
+                    ok = False
+                    mismatches.setdefault(layer, []).append(
+                        f"rank {res['rank']} step {k}: planned fwd/bwd {float(want[0]):.0f}/{float(want[1]):.0f}"
+                        f", measured {float(got[0]):.0f}/{float(got[1]):.0f}")
+    order = [p.name for p in plan.layers]
+    names = sorted(set(planned) | set(measured), key=lambda n: order.index(n) if n in order else len(order))
+    rows = [{"layer": n, "planned_bytes": round(planned.get(n, 0)), "measured_bytes": round(measured.get(n, 0)),
+             "calls": calls.get(n, 0), "ok": n not in mismatches, "mismatches": mismatches.get(n, [])[:4]}
+            for n in names]
+    return rows, ok

@@ -9,11 +9,12 @@ transport maps them to this replica's global ranks.
 Every wait carries ``comm.timeout_s``: a peer that never arrives turns into a
 ``StalledExchange`` that names this rank, the layer and the collective.
 
-With ``clock`` set to a list (``splitnet profile`` does), every blocking wait is timed:
+With ``waits`` set to a list (``splitnet profile`` does), every blocking wait is timed:
 when this rank issued the operation, when it began to wait, when the wait ended, and a
 key that every rank taking part computes alike (the group's global ranks and the
 group's call count, or for a point-to-point transfer the pair, the tag and its count),
-so the time spent waiting for the last peer can be told apart afterwards. Each
+so the time spent waiting for the last peer can be told apart afterwards (comm/clock.py
+says what each timed field means). Each
 collective runs inside a ``splitnet.exchange`` profiler range, so an allocation
 profile can tell its buffers from the layers' own tensors.
 """
@@ -82,7 +83,7 @@ class Transport:
         self.device = device or _default_device()
         self.timeout = timedelta(seconds=timeout_s)
         self.meter = Meter()
-        self.clock: list[dict[str, Any]] | None = None
+        self.waits: list[dict[str, Any]] | None = None
         self._calls: dict[tuple[Any, ...], int] = {}
         self._issued: dict[int, tuple[tuple[Any, ...], int]] = {}
         self._groups: dict[tuple[tuple[int, ...], int], Any] = {}  # (model-parallel ranks, lane) -> group
@@ -140,7 +141,7 @@ class Transport:
 
     def _issue(self, work: Any, peers: tuple[Any, ...]) -> Any:
         """Remember when and as which call of ``peers`` this rank issued ``work`` (when timing)."""
-        if self.clock is not None:
+        if self.waits is not None:
             n = self._calls.get(peers, 0)
             self._calls[peers] = n + 1
             self._issued[id(work)] = ((*peers, n), time.perf_counter_ns())
@@ -159,9 +160,9 @@ class Transport:
                 f"comm.timeout_s={self.timeout.total_seconds():g}s: a peer stalled or died ({exc})"
             ) from exc
         issued = self._issued.pop(id(work), None)
-        if self.clock is not None and issued is not None:
+        if self.waits is not None and issued is not None:
             key, start = issued
-            self.clock.append({"layer": layer, "what": what, "key": key, "issued": start,
+            self.waits.append({"layer": layer, "what": what, "key": key, "issued": start,
                                "entered": entered, "left": time.perf_counter_ns()})
 
     def barrier(self, what: str) -> None:

@@ -8,13 +8,25 @@ numbers, so every rank of a model-parallel group draws the same batch without ta
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
 from splitnet.model.seeding import stream_seed
 
 log = logging.getLogger(__name__)
+
+
+def random_batch(rows: int, image_shape: Sequence[int], num_classes: int,
+                 *key: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` N(0, 1) images of ``image_shape`` and uniform labels, a pure function of
+    ``key`` (its ``stream_seed``): every caller names its own stream (``verify`` its step,
+    the loader its seed, epoch, replica, split and batch), so no two streams share numbers."""
+    gen = torch.Generator().manual_seed(stream_seed(*key))
+    images = torch.randn((rows, *image_shape), generator=gen)
+    labels = torch.randint(0, num_classes, (rows,), generator=gen)
+    return images, labels
 
 
 class SyntheticLoader:
@@ -37,10 +49,7 @@ class SyntheticLoader:
         return self.n_batches - self.start
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        gen = torch.Generator().manual_seed(stream_seed(*self.key, "synthetic", k))
-        images = torch.randn(self.shape, generator=gen)
-        labels = torch.randint(0, self.num_classes, (self.shape[0],), generator=gen)
-        return images, labels
+        return random_batch(self.shape[0], self.shape[1:], self.num_classes, *self.key, "synthetic", k)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for k in range(self.start, self.n_batches):

@@ -21,8 +21,9 @@ What it promises:
 - A placement no node can satisfy fails after ``launcher.placement_timeout_s`` naming what
   was asked and what the cluster has.
 - A failing rank (an exception, its process killed, its node lost) stops every rank. Up to
-  ``launcher.max_failures`` times the job then starts all ranks again, resuming from the
-  run folder's latest complete checkpoint; after that the rank's error is raised.
+  ``launcher.max_failures`` times the job then starts all ranks again, with the config its
+  caller's ``restart`` gives (train's resumes from the run folder's latest complete
+  checkpoint); after that the rank's error is raised.
 - ``placement.json`` in the run folder says where every rank ran (node, IP, process).
 """
 
@@ -34,17 +35,13 @@ import socket
 import sys
 import tempfile
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from splitnet.errors import SplitnetError
 from splitnet.launchers.backend import choose_backend
+from splitnet.launchers.core import Job, WorkerFailed, free_port, open_store, rank_environment, run_in_group
 from splitnet.launchers.placement import describe_resources, replica_strategy
-from splitnet.launchers.recovery import resumed
-from splitnet.launchers.simulate import WorkerFailed, loopback_store
-
-Job = Callable[[int, int, dict[str, Any]], Any]
 
 
 class RayLaunchError(SplitnetError, RuntimeError):
@@ -115,35 +112,19 @@ class Rank:
                 "pid": os.getpid()}
 
     def free_port(self, host: str) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            return int(s.getsockname()[1])
+        return free_port(host)
 
     def run(self, job: Job, rank: int, world: int, cfg: dict[str, Any], host: str, port: int,
             backend: str) -> Any:
         import torch
-        import torch.distributed as dist
 
-        loopback = host.startswith("127.")
-        os.environ.update({"MASTER_ADDR": host, "MASTER_PORT": str(port), "RANK": str(rank),
-                           "WORLD_SIZE": str(world), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
-        if loopback:  # gloo would otherwise pick the interface of the machine's hostname
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        threads = cfg["launcher"].get("threads") or max(1, int(cfg["launcher"]["cpus_per_worker"]))
-        torch.set_num_threads(int(threads))
+        rank_environment(host, port, rank, world, 0, 1)
         if backend == "nccl":
             torch.cuda.set_device(0)  # Ray made exactly this rank's GPU visible
         timeout_s = cfg["comm"]["timeout_s"]
-        if loopback:
-            store = loopback_store(port, rank, world, timeout_s)
-        else:
-            store = dist.TCPStore(host, port, world, rank == 0, timedelta(seconds=timeout_s))
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
-        try:
-            return job(rank, world, cfg)
-        finally:
-            dist.destroy_process_group()
+        threads = cfg["launcher"].get("threads") or max(1, int(cfg["launcher"]["cpus_per_worker"]))
+        return run_in_group(job, rank, world, cfg, backend=backend, timeout_s=timeout_s, threads=threads,
+                            store=open_store(host, port, rank, world, timeout_s))
 
 
 def _placement_error(launcher: dict[str, Any], bundle: dict[str, float], replicas: int, devices: int,
@@ -212,8 +193,10 @@ def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[A
             remove_placement_group(group)
 
 
-def launch(job: Job, world_size: int, cfg: dict[str, Any]) -> list[Any]:
-    """Run ``job(rank, world_size, cfg)`` on Ray actors; return their results by rank."""
+def launch(job: Job, world_size: int, cfg: dict[str, Any], *,
+           restart: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[Any]:
+    """Run ``job(rank, world_size, cfg)`` on Ray actors; return their results by rank.
+    ``restart``: the config all ranks start again with after one failed."""
     import ray
 
     launcher = cfg["launcher"]
@@ -227,9 +210,11 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any]) -> list[Any]:
                 if failures >= int(launcher["max_failures"]):
                     raise WorkerFailed(lost.rank, lost.detail) from None
                 failures += 1
-                cfg = resumed(cfg)
+                if restart is not None:
+                    cfg = restart(cfg)
+                resume = cfg.get("train", {}).get("resume")
                 print(f"splitnet train: rank {lost.rank} failed ({lost.detail.strip().splitlines()[0]}); "
-                      f"restarting every rank, resume={cfg['train'].get('resume')!r} (failure {failures} of "
+                      f"restarting every rank, resume={resume!r} (failure {failures} of "
                       f"launcher.max_failures={launcher['max_failures']})", file=sys.stderr)
     finally:
         if started:

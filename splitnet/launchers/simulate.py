@@ -15,66 +15,15 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import signal
-import socket
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
-from splitnet.errors import SplitnetError
-
-Job = Callable[[int, int, dict[str, Any]], Any]
-
-
-class WorkerFailed(SplitnetError, RuntimeError):
-    """The job's root cause: a rank's exception and traceback, or the signal that killed it."""
-
-    def __init__(self, rank: int, detail: str, *, signal_number: int | None = None) -> None:
-        if signal_number is None:
-            headline = f"rank {rank} failed:"
-        else:
-            name = signal.Signals(signal_number).name if signal_number in signal.valid_signals() else "?"
-            headline = f"rank {rank} was killed by signal {signal_number} ({name})"
-        super().__init__("\n".join(filter(None, [headline, detail])))
-        self.rank, self.detail, self.signal_number = rank, detail, signal_number
-
-    def with_context(self, context: str) -> WorkerFailed:
-        """The same failure, its message followed by ``context`` (the rank's log, the run folder)."""
-        return WorkerFailed(self.rank, "\n".join(filter(None, [self.detail, context])),
-                            signal_number=self.signal_number)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-_LISTENERS: list[socket.socket] = []
-
-
-def loopback_store(port: int, rank: int, world: int, timeout_s: float) -> Any:
-    """The rendezvous store, listening on 127.0.0.1 only.
-
-    TCPStore's own server listens on every interface; handing it a socket we bound to
-    loopback keeps it off the machine's network.
-    """
-    import torch.distributed as dist
-
-    timeout = timedelta(seconds=timeout_s)
-    if rank != 0:
-        return dist.TCPStore("127.0.0.1", port, world, False, timeout)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(128)
-    _LISTENERS.append(listener)  # the socket must stay open as long as the store serves
-    return dist.TCPStore("127.0.0.1", port, world, True, timeout, master_listen_fd=listener.fileno())
+from splitnet.launchers.core import Job, WorkerFailed, free_port, loopback_store, rank_environment, run_in_group
 
 
 def _die_with_parent(rank: int) -> None:
@@ -88,28 +37,33 @@ def _die_with_parent(rank: int) -> None:
             pass
 
 
+def _die_reporting(out: Path, rank: int, exc: BaseException) -> NoReturn:
+    (out / f"rank{rank}.err").write_text("".join(traceback.format_exception(exc)))
+    with contextlib.suppress(FileExistsError):  # the first rank to report claims the job's error
+        os.symlink(f"rank{rank}.err", out / "first.err")
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def _entry(job: Job, rank: int, world: int, cfg: dict[str, Any], port: int, threads: int,
            timeout_s: float, out: str) -> None:
     _die_with_parent(rank)
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
-                       "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")})
-    torch.set_num_threads(threads)
-    try:
-        import torch.distributed as dist
+    rank_environment("127.0.0.1", port, rank, world, rank, world)
 
-        dist.init_process_group("gloo", store=loopback_store(port, rank, world, timeout_s), rank=rank,
-                                world_size=world, timeout=timedelta(seconds=timeout_s))
-        result = job(rank, world, cfg)
+    def job_or_die(rank: int, world: int, cfg: dict[str, Any]) -> Any:
+        # A failed job reports before the group's teardown closes its connections: a peer
+        # that sees them close fails too, and must not be the first to report.
+        try:
+            return job(rank, world, cfg)
+        except BaseException as exc:  # everything, including KeyboardInterrupt
+            _die_reporting(Path(out), rank, exc)
+
+    try:
+        result = run_in_group(job_or_die, rank, world, cfg, backend="gloo", timeout_s=timeout_s, threads=threads,
+                              store=loopback_store(port, rank, world, timeout_s))
         torch.save(result, Path(out) / f"rank{rank}.pt")
-        dist.destroy_process_group()
-    except BaseException as exc:  # report everything, including KeyboardInterrupt, then die
-        detail = "".join(traceback.format_exception(exc))
-        (Path(out) / f"rank{rank}.err").write_text(detail)
-        with contextlib.suppress(FileExistsError):  # the first rank to report claims the job's error
-            os.symlink(f"rank{rank}.err", Path(out) / "first.err")
-        sys.stderr.flush()
-        os._exit(1)
+    except BaseException as exc:
+        _die_reporting(Path(out), rank, exc)
 
 
 def _failure(out: Path, procs: list[Any], rank: int, exitcode: int) -> WorkerFailed:

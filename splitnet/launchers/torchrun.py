@@ -17,20 +17,15 @@ rank is its own Hydra app. What this module promises:
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from splitnet.errors import SplitnetError
 from splitnet.launchers.backend import choose_backend
+from splitnet.launchers.core import Job, open_store, run_in_group
 from splitnet.launchers.placement import spanning_replicas
-from splitnet.launchers.recovery import resumed
-from splitnet.launchers.simulate import loopback_store
-
-Job = Callable[[int, int, dict[str, Any]], Any]
 
 _NEEDED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -100,14 +95,7 @@ def this_rank() -> int:
     return torchrun_env()["rank"]
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _store(env: dict[str, int], timeout: timedelta) -> Any:
+def _store(env: dict[str, int], timeout_s: float) -> Any:
     """The job's key-value store, seen through a prefix of its own for this restart.
 
     torchrun's agent may serve the same store across restarts; without the prefix a new
@@ -116,18 +104,16 @@ def _store(env: dict[str, int], timeout: timedelta) -> Any:
     import torch.distributed as dist
 
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 serves it
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    if not agent and _is_loopback(host):  # a job on one machine keeps its store off the network
-        store = loopback_store(port, env["rank"], env["world_size"], timeout.total_seconds())
-    else:
-        store = dist.TCPStore(host, port, env["world_size"], not agent and env["rank"] == 0, timeout)
+    store = open_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env["rank"], env["world_size"],
+                       timeout_s, served_by_rank0=not agent)
     return dist.PrefixStore(f"splitnet/attempt{env['restart_count']}/", store)
 
 
-def launch(job: Job, world_size: int, cfg: dict[str, Any]) -> list[Any]:
-    """Join torchrun's process group as this rank, run the job, return ``[its result]``."""
+def launch(job: Job, world_size: int, cfg: dict[str, Any], *,
+           restart: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[Any]:
+    """Join torchrun's process group as this rank, run the job, return ``[its result]``.
+    ``restart``: the config of a worker group that torchrun restarted after a failure."""
     import torch
-    import torch.distributed as dist
 
     env = torchrun_env()
     if env["world_size"] != world_size:
@@ -135,20 +121,14 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any]) -> list[Any]:
     name = backend(cfg["comm"].get("backend", "auto"), torch.cuda.is_available())
     if name == "nccl":
         torch.cuda.set_device(env["local_rank"])
-    if cfg["launcher"].get("threads"):
-        torch.set_num_threads(int(cfg["launcher"]["threads"]))
     devices = cfg["mesh"]["devices"]
     split = spanning_replicas(world_size, devices, env["local_world_size"])
     if split and env["rank"] == 0:
         print(f"splitnet train: warning: {env['local_world_size']} ranks per node split the model-parallel "
               f"group of replica(s) {split} (mesh.devices={devices}) across nodes: its activations cross the "
               "network every step; use --nproc-per-node a multiple of mesh.devices", file=sys.stderr)
-    if env["restart_count"] > 0:
-        cfg = resumed(cfg)
-    timeout = timedelta(seconds=cfg["comm"]["timeout_s"])
-    dist.init_process_group(name, store=_store(env, timeout), rank=env["rank"], world_size=world_size,
-                            timeout=timeout)
-    try:
-        return [job(env["rank"], world_size, cfg)]
-    finally:
-        dist.destroy_process_group()
+    if env["restart_count"] > 0 and restart is not None:
+        cfg = restart(cfg)
+    timeout_s = cfg["comm"]["timeout_s"]
+    return [run_in_group(job, env["rank"], world_size, cfg, backend=name, store=_store(env, timeout_s),
+                         timeout_s=timeout_s, threads=cfg["launcher"].get("threads"))]

@@ -2,19 +2,21 @@
 
 Per rank: the planned and the measured peak tensor bytes, the measured split by
 category at that peak (and the most each category held at once), peak RSS, and the
-step time split into compute, exchanges and waiting. Per exchange point: the meter's
-bytes beside the plan's, checked exactly as ``verify`` checks them.
+step time split into compute, time blocked in exchanges, and of that the time waiting
+for the last peer (the exchange clock's ``compute_s``, ``blocked_s``, ``peer_wait_s``:
+comm/clock.py says what each means). Per exchange point: the meter's bytes beside the
+plan's, checked exactly as ``verify`` checks them (``compare_traffic``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from splitnet.comm.clock import time_split
 from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import DeviceCost
 from splitnet.profile.account import CATEGORIES
-from splitnet.profile.waits import time_split
 from splitnet.tables import table
 from splitnet.units import human
 
@@ -26,18 +28,19 @@ def planned_breakdown(cost: DeviceCost) -> dict[str, int]:
 
 
 def run_profile(cfg: dict[str, Any]) -> dict[str, Any]:
+    from splitnet.launchers import choose_launcher
     from splitnet.profile.worker import profile_worker
-    from splitnet.train.job import launch_workers, launcher_config
     from splitnet.train.preflight import require_float32
-    from splitnet.verify import _compare_traffic
+    from splitnet.verify import compare_traffic
 
-    cfg = launcher_config(cfg)
+    launcher = choose_launcher(cfg)
+    cfg = launcher.prepare(cfg)
     spec = load_spec(cfg["model"])
     require_float32(cfg)
     plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], 4)
-    results = launch_workers({**cfg, "plan": plan.to_dict()}, profile_worker, plan.devices * plan.replicas)
-    times = time_split([r["clock"] for r in results], [r["step_s"] for r in results])
-    exchanges, traffic_ok = _compare_traffic(plan, results)
+    results = launcher.launch(profile_worker, plan.devices * plan.replicas, {**cfg, "plan": plan.to_dict()})
+    times = time_split([r["waits"] for r in results], [r["step_s"] for r in results])
+    exchanges, traffic_ok = compare_traffic(plan, results)
     ranks = []
     for res, spent in zip(results, times, strict=True):
         cost = plan.costs[res["rank"] % plan.devices]
@@ -63,10 +66,10 @@ def profile_table(report: dict[str, Any]) -> str:
             "tensor bytes from the allocator's trace")
     rows = [[r["rank"], human(r["planned_peak_bytes"], "B"), human(r["measured_peak_bytes"], "B"),
              f"{r['measured_peak_bytes'] / r['planned_peak_bytes']:.2f}", human(r["rss_peak_bytes"], "B"),
-             f"{r['step_s']:.3f}", f"{r['compute_s']:.3f}", f"{r['exchange_s']:.3f}", f"{r['wait_s']:.3f}"]
+             f"{r['step_s']:.3f}", f"{r['compute_s']:.3f}", f"{r['blocked_s']:.3f}", f"{r['peer_wait_s']:.3f}"]
             for r in report["ranks"]]
     summary = table(["rank", "planned peak", "measured peak", "measured/planned", "peak RSS", "step s",
-                     "compute s", "exchange s", "waiting s"], rows, right=range(9))
+                     "compute s", "blocked s", "waiting for peer s"], rows, right=range(9))
 
     def cell(b: dict[str, Any]) -> str:
         measured = human(b["at_peak"], "B")

@@ -21,9 +21,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from splitnet.model.seeding import stream_seed
-from splitnet.model.spec import ModelSpec, load_spec
-from splitnet.partition.plan import Plan
+from splitnet.data.synthetic import random_batch
 from splitnet.profile.account import account, allocations, categorize
 
 BUILD, INPUT, STEP, OPTIMIZER, MARK = ("splitnet.build", "splitnet.input", "splitnet.step",
@@ -39,15 +37,6 @@ def _tag(name: str, outer: str) -> str:
     if name.startswith("autograd::engine::evaluate_function"):
         return "backward"
     return _TAGS.get(name, outer)
-
-
-def synthetic_batch(spec: ModelSpec, seed: int, step: int, replica: int, rows: int,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """This replica's batch of step ``step``: N(0,1) images of the spec's shape, uniform labels."""
-    gen = torch.Generator().manual_seed(stream_seed(seed, "profile", step, replica))
-    x = torch.randn((rows, *spec.input_shape), generator=gen)
-    y = torch.randint(0, spec.num_classes, (rows,), generator=gen)
-    return x.to(device), y.to(device)
 
 
 def _addresses(shard: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, set[int]]:
@@ -87,31 +76,28 @@ def _trace(prof: Any, device: torch.device) -> tuple[list[tuple[int, int, int, s
 
 def profile_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
     """Profile this rank's ``profile.steps`` training steps (any launcher can call this)."""
-    from splitnet.comm import Transport
-    from splitnet.runtime import build_shard, forward_backward
+    from splitnet.comm.clock import ClockedTransport
+    from splitnet.runtime import forward_backward, open_transport, setup_rank
 
-    spec = load_spec(cfg["model"])
-    plan = Plan.from_dict(cfg["plan"])
-    ocfg, steps = cfg["optim"], cfg["profile"]["steps"]
-    transport = Transport(plan, rank, timeout_s=cfg["comm"]["timeout_s"])
+    steps = cfg["profile"]["steps"]
+    transport = open_transport(cfg, rank, kind=ClockedTransport)  # its process groups stay out of the trace
     cuda = transport.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     held: list[dict[str, set[int]]] = []
     seconds: list[float] = []
     meters: list[dict[str, Any]] = []
-    clock: list[dict[str, Any]] = []
+    waits: list[dict[str, Any]] = []
     with profile(activities=activities, profile_memory=True) as prof:
-        with record_function(BUILD):
-            shard = build_shard(spec, plan, rank, seed=cfg["seed"], transport=transport)
-        opt = torch.optim.SGD(shard.parameters(), lr=ocfg["lr"], momentum=ocfg["momentum"],
-                              weight_decay=ocfg["weight_decay"])
+        with record_function(BUILD):  # SGD allocates nothing until its first step
+            me = setup_rank(cfg, rank, optim=cfg["optim"], transport=transport)
+        spec, plan, shard, opt = me.spec, me.plan, me.shard, me.optimizer
         for k in range(steps):
             with record_function(INPUT):
-                x, y = synthetic_batch(spec, cfg["seed"], k, transport.replica, plan.batch_size,
-                                       transport.device)
+                x, y = (t.to(transport.device) for t in random_batch(
+                    plan.batch_size, spec.input_shape, spec.num_classes, cfg["seed"], "profile", k, transport.replica))
             opt.zero_grad(set_to_none=True)
             transport.meter.reset()
-            transport.clock = []
+            transport.waits = []
             t0 = time.perf_counter()
             with record_function(STEP):
                 forward_backward(shard, x, y, transport, step=k)
@@ -119,9 +105,8 @@ def profile_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str,
                     opt.step()
             seconds.append(time.perf_counter() - t0)
             del x, y  # the next batch must not be drawn while this one is still held
-            clock, transport.clock = transport.clock, None
-            meters.append({layer: {"fwd": str(v["fwd"]), "bwd": str(v["bwd"]), "calls": v["calls"]}
-                           for layer, v in transport.meter.per_layer().items()})
+            waits, transport.waits = transport.waits, None
+            meters.append(transport.meter.reading())
             with record_function(MARK):
                 held.append(_addresses(shard, opt))
             if rank == 0:
@@ -137,5 +122,5 @@ def profile_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str,
         "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(transport.device) if cuda else None,
         "at_peak": acc.at_peak, "largest": acc.largest,
         "rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "step_s": seconds[-1], "clock": clock,
+        "step_s": seconds[-1], "waits": waits,
     }

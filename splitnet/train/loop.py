@@ -23,9 +23,9 @@ from splitnet.comm import Transport
 from splitnet.comm.exchange import combine_metrics
 from splitnet.data import build_loader
 from splitnet.errors import SplitnetError
-from splitnet.model.spec import ModelSpec, load_spec
+from splitnet.model.spec import ModelSpec
 from splitnet.partition.plan import Plan
-from splitnet.runtime import ShardNet, build_shard, forward_backward
+from splitnet.runtime import ShardNet, forward_backward, open_transport, setup_rank
 from splitnet.runtime.schedule import pipeline_forward
 from splitnet.train import checkpoint
 from splitnet.train.evaluate import pad_rows, score, summarize
@@ -101,18 +101,15 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
     # leak at exit. One process draws at most one bar: a thread lock is all it needs.
     tqdm.set_lock(threading.RLock())
     run_dir = Path(cfg["run_dir"])
-    spec = load_spec(cfg["model"])
-    plan = Plan.from_dict(cfg["plan"])
     tcfg, ocfg, seed = cfg["train"], cfg["optim"], cfg["seed"]
-    transport = Transport(plan, rank, timeout_s=cfg["comm"]["timeout_s"])
-    reporter = transport.replica == 0 and transport.mp_rank == plan.output_rank
-    log = _logger(run_dir, rank, console=reporter)
-    shard = build_shard(spec, plan, rank, seed=seed, transport=transport)
+    transport = open_transport(cfg, rank)
+    reporter = transport.replica == 0 and transport.mp_rank == Plan.from_dict(cfg["plan"]).output_rank
+    log = _logger(run_dir, rank, console=reporter)  # before the build: a rank killed in it still has a log
+    me = setup_rank(cfg, rank, optim=ocfg, transport=transport)
+    spec, plan, shard, opt = me.spec, me.plan, me.shard, me.optimizer
     held = sum(p.numel() for p in shard.parameters())
     log.info(f"rank {rank} of {world_size}: replica {transport.replica}, device {transport.mp_rank}, "
              f"layers {', '.join(shard.names)}; {held:,} parameters held")
-    opt = torch.optim.SGD(shard.parameters(), lr=ocfg["lr"], momentum=ocfg["momentum"],
-                          weight_decay=ocfg["weight_decay"])
     schedule = LrSchedule.from_config(ocfg)
     step, first_epoch, skip = 0, 0, 0
     ckpt = None
@@ -227,5 +224,4 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
                  **(evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"]) if evaluating else {})}
     if board is not None:
         board.close()
-    return {"rank": rank, "reporter": reporter, "final": final, "step": step,
-            "params": {n: p.detach().cpu().clone() for n, p in shard.named_parameters()}}
+    return {"rank": rank, "reporter": reporter, "final": final, "step": step}

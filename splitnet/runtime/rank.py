@@ -1,0 +1,54 @@
+"""A rank, assembled in one place: spec -> plan -> transport -> shard -> optimizer.
+
+``setup_rank(cfg, rank)`` is what train, verify, profile and bench call inside a worker
+function, after the launcher has joined the process group. It reads ``cfg["model"]``
+(the spec), ``cfg["plan"]`` (a ``Plan.to_dict()``), ``cfg["seed"]`` (the shard's
+initial weights) and ``cfg["comm"]["timeout_s"]``; the optimizer is SGD with momentum,
+its ``lr``, ``momentum`` and ``weight_decay`` from ``optim``. Every rank of a replica
+builds the same shard the single-device reference would hold, so no two copies of this
+sequence can drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from splitnet.comm.transport import Transport
+from splitnet.model.spec import ModelSpec, load_spec
+from splitnet.partition.plan import Plan
+from splitnet.runtime.shard import ShardNet, build_shard
+
+
+@dataclass
+class Rank:
+    """One rank's pieces: what it computes (``shard``), how it talks (``transport``), how it learns."""
+
+    spec: ModelSpec
+    plan: Plan
+    transport: Transport
+    shard: ShardNet
+    optimizer: torch.optim.Optimizer
+
+
+def open_transport(cfg: Mapping[str, Any], rank: int, *, kind: type[Transport] = Transport,
+                   device: torch.device | None = None) -> Transport:
+    """This rank's transport for ``cfg["plan"]``: its process groups, on ``device`` (default:
+    the one the launcher selected). ``kind`` is a Transport subclass (the benchmarks' clocked one)."""
+    return kind(Plan.from_dict(cfg["plan"]), rank, device=device, timeout_s=cfg["comm"]["timeout_s"])
+
+
+def setup_rank(cfg: Mapping[str, Any], rank: int, *, optim: Mapping[str, Any],
+               transport: Transport | None = None) -> Rank:
+    """Global rank ``rank`` of ``cfg["plan"]``, ready to step. ``transport`` is one already
+    opened with ``open_transport`` (profile opens it before its trace starts), else a new one."""
+    spec = load_spec(cfg["model"])
+    plan = Plan.from_dict(cfg["plan"])
+    transport = transport if transport is not None else open_transport(cfg, rank)
+    shard = build_shard(spec, plan, rank, seed=cfg["seed"], transport=transport)
+    optimizer = torch.optim.SGD(shard.parameters(), lr=optim["lr"], momentum=optim["momentum"],
+                                weight_decay=optim.get("weight_decay", 0.0))
+    return Rank(spec, plan, transport, shard, optimizer)
