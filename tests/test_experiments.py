@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from splitnet.data.config import DataConfig
 from splitnet.data.errors import DataError
 from splitnet.data.subset import in_subset, subset_size
 from splitnet.errors import SplitnetError
-from splitnet.model.convstack import POOLS, conv_stack, register_resolver
+from splitnet.model.convstack import conv_stack, register_resolver
 from splitnet.model.spec import load_spec
 from tests.conftest import CONF, shipped_spec
 
@@ -42,9 +43,13 @@ def spec_of(**arch: Any) -> Any:
                       "layers": conv_stack(**arch)})
 
 
-def test_the_seven_experiments_are_shipped():
+def test_every_experiment_is_a_sweep_whose_header_gives_its_command():
     assert EXPERIMENTS == sorted(["towers", "dropout", "augment", "lrn_pool", "depth_data", "strategies",
                                   "test_crops"])
+    for name in EXPERIMENTS:
+        assert f"splitnet train -m +experiment={name}\n" in (CONF / "experiment" / f"{name}.yaml").read_text()
+        points = math.prod(len(values) for values in sweep_params(name).values())
+        assert points > 1, f"{name}: a sweep of one point"
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -146,7 +151,18 @@ def test_conv_stack_toggles_change_only_what_they_name():
 def test_conv_stack_names_a_bad_knob(arch, message):
     with pytest.raises(SplitnetError, match=message):
         conv_stack(**arch)
-    assert set(POOLS) == {2, 3}
+
+
+def test_conv_stack_accepts_exactly_the_pools_its_error_names():
+    accepted, message = [], ""
+    for pool in range(1, 6):
+        try:
+            spec_of(pool=pool)
+            accepted.append(pool)
+        except SplitnetError as error:
+            message = str(error)
+    assert accepted == [2, 3]
+    assert all(f"{pool} (" in message for pool in accepted), message
 
 
 def test_a_subset_is_seeded_nested_and_about_its_size():
