@@ -43,14 +43,15 @@ def test_every_file_an_image_copies_exists(dockerfile):
     assert sources
     missing = [s for s in sources if not (ROOT / s).exists()]
     assert not missing, f"{dockerfile.name} copies what the repository lacks: {missing}"
-    # pyproject's package list and its conf/ mapping are what `pip install .` builds from
-    assert {"pyproject.toml", "README.md", "conf", "splitnet"} <= set(sources)
+    # pyproject, setup.py's package list and the conf/ mapping are what `pip install .` builds from
+    assert {"pyproject.toml", "setup.py", "README.md", "conf", "splitnet"} <= set(sources)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_images_install_with_the_readme_s_command(dockerfile):
     installs = [args for op, args in _instructions(dockerfile) if op == "RUN" and "pip install" in args]
     assert len(installs) == 1
+    assert installs[0].endswith('".[ray]"')  # the images run Ray (compose, the cluster file): its extra
     assert installs[0] in _readme_section(), f"{dockerfile.name}: `{installs[0]}` is not the README's command"
     copied = {s for op, args in _instructions(dockerfile) if op == "COPY" for s in shlex.split(args)[:-1]}
     for constraints in re.findall(r"-c (\S+)", installs[0]):

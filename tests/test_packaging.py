@@ -20,6 +20,8 @@ def test_the_wheel_holds_every_config_and_the_cli_finds_them(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {f"splitnet/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert shipped and shipped <= names
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "splitnet").rglob("*.py")}
+    assert modules and modules <= names, f"left out of the wheel: {sorted(modules - names)}"
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     out = subprocess.run([sys.executable, "-c", "import splitnet.cli as c; print(c.CONF_DIR); "
                           "raise SystemExit(c.main(['describe', 'model=alexnet', 'format=json']))"],
