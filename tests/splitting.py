@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import random
 import threading
@@ -47,28 +48,29 @@ def alexnet_small_12() -> dict[str, Any]:
 def verify_cfg(model: dict[str, Any] | str = "alexnet_small", partition: str = "columns", *, devices: int = 2,
                replicas: int = 1, steps: int = 2, batch: int = 8, timeout_s: float = 60.0,
                **partition_keys: Any) -> dict[str, Any]:
-    """The config ``splitnet verify`` would resolve, with these choices: composed by Hydra from
-    ``conf/`` as the CLI composes it, so a key the configuration lacks is an error here too. A
-    model given as a dict (a test's own spec) replaces the composed one."""
-    from tests.training import config  # here: the spawned ranks import this module and need no Hydra
-
-    overrides = [f"partition={partition}", f"mesh.devices={devices}", f"mesh.replicas={replicas}",
-                 f"comm.timeout_s={timeout_s}", f"verify.steps={steps}", f"verify.batch_size={batch}",
-                 *(f"partition.{key}={_hydra_value(value)}" for key, value in partition_keys.items())]
-    if isinstance(model, str):
-        overrides.append(f"model={model}")
-    cfg = config(*overrides)
-    if not isinstance(model, str):
+    """The config ``splitnet verify`` would resolve, with these choices: ``conf/`` composed by
+    Hydra as the CLI composes it, then these values set; a key the configuration lacks is an
+    error. A model given as a dict (a test's own spec) replaces the composed one."""
+    cfg = copy.deepcopy(_composed("alexnet_small" if isinstance(model, dict) else model, partition))
+    if isinstance(model, dict):
         cfg["model"] = model
+    unknown = sorted(set(partition_keys) - set(cfg["partition"]))
+    if unknown:
+        raise KeyError(f"partition={partition} has no keys {unknown}; it has {sorted(cfg['partition'])}")
+    cfg["partition"].update(partition_keys)
+    cfg["mesh"].update(devices=devices, replicas=replicas)
+    cfg["comm"]["timeout_s"] = timeout_s
+    cfg["verify"].update(steps=steps, batch_size=batch)
     return cfg
 
 
-def _hydra_value(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
-    if isinstance(value, bool) or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    return str(value)
+@functools.cache
+def _composed(model: str, partition: str) -> dict[str, Any]:
+    # one Hydra compose per (model, partition): composing costs tens of ms, and the
+    # parametrised tests call verify_cfg dozens of times while they are collected
+    from tests.training import config  # here: the spawned ranks import this module and need no Hydra
+
+    return config(f"model={model}", f"partition={partition}")
 
 
 def plan_of(cfg: dict[str, Any]) -> Plan:
