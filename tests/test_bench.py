@@ -62,6 +62,7 @@ SMOKE = ["reference", "ddp", "gpipe", "1f1b", "columns_gather", "columns_chunked
          "replicas"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)  # about 40 s on an idle 2-core machine; the margin is for shared ones
 def test_every_suite_runs_in_smoke_mode_and_moves_exactly_the_bytes_it_must(tmp_path, capsys):
     rc = main(["bench", "all", "bench.smoke=true", f"bench.contenders=[{','.join(SMOKE)}]", "format=json",

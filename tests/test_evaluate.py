@@ -57,6 +57,7 @@ def cfg(tmp_path_factory) -> dict[str, Any]:
     return {"model": TINY, "data": data, "seed": 3, "eval": {"batch_size": 4, "crops": 1}}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_hybrid_replicas_score_every_image_once_like_the_reference(cfg):
     spec = load_spec(TINY)

@@ -85,6 +85,7 @@ def one_rank_in_process(monkeypatch):
     logging.getLogger("splitnet.rank0").handlers.clear()  # train_worker's file handler into tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)  # a hang guard only: two processes on a loaded 2-core machine are slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_trains_a_few_steps(tmp_path, name, one_rank_in_process):

@@ -29,6 +29,8 @@ from tests.training import train
 # Read by Ray when it is imported: node addresses are 127.0.0.1 and Ray listens on loopback only.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+pytestmark = pytest.mark.cluster  # every test here joins the two-node Ray cluster below
+
 
 @pytest.fixture(scope="module")
 def cluster():

@@ -130,6 +130,7 @@ def test_ctrl_c_stops_the_job_and_every_worker(tmp_path):
     assert all(_gone(pid) for pid in ranks.values())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_killed_worker_is_named_with_its_signal_log_and_run_folder(tmp_path):
     job, ranks = _training_job(tmp_path)

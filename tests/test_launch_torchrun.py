@@ -21,6 +21,7 @@ from tests.launching import (
 from tests.training import config
 
 
+@pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equal(tmp_path):
     run_dir = tmp_path / "run"

@@ -76,6 +76,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("cfg", "must_talk"), CASES)
 def test_split_equals_reference(cfg, must_talk):
@@ -124,6 +125,7 @@ def test_random_specs_are_valid_deterministic_and_cover_every_feature():
     assert {"gather", "reduce"} <= modes
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(("seed", "devices", "exchange"), RANDOM)
 def test_random_spec_split_equals_reference(seed, devices, exchange):
@@ -135,6 +137,7 @@ def test_random_spec_split_equals_reference(seed, devices, exchange):
         assert_equivalent(run_verify(cfg), cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_alexnet_224_one_step_on_two_ranks():
     cfg = verify_cfg("alexnet", devices=2, steps=1, batch=2)

@@ -39,6 +39,7 @@ def embedded_run(tmp_path_factory):
     return run_dir, train(run_dir, "train.epochs=2", "comm.timeout_s=120")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_default_job_learns_the_embedded_digits(embedded_run):
     run_dir, out = embedded_run
@@ -92,6 +93,7 @@ def straight(tmp_path_factory):
     return train(run_dir, *FAST, "train.epochs=2")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_resume_continues_the_same_run_bitwise(straight, tmp_path):
     train(tmp_path, *FAST, "train.epochs=1")
@@ -110,6 +112,7 @@ def test_resume_continues_the_same_run_bitwise(straight, tmp_path):
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("mesh", [["partition=pipeline", "partition.microbatches=2"],
                                   ["mesh.devices=3"]])  # 3 devices: uneven shards of every layer
+@pytest.mark.slow
 def test_resume_on_another_mesh(straight, tmp_path, mesh):
     train(tmp_path, *FAST, "train.epochs=1")
     resumed = train(tmp_path, *FAST, *mesh, "train.epochs=2", "train.resume=auto")
@@ -126,6 +129,7 @@ def test_incompatible_checkpoint_is_refused_before_spawning(straight, tmp_path):
         train(tmp_path, *FAST, "train.resume=auto", "model.layers.19.out=128")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_corrupt_checkpoint_names_the_file(tmp_path):
     train(tmp_path, *FAST, "train.epochs=1", "train.max_steps=1")
@@ -162,6 +166,7 @@ def test_tensorboard_event_files(tmp_path):
     assert len(events.Scalars("val/top1")) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_mid_epoch_resume_refuses_a_changed_batch_and_a_finished_run_reports(tmp_path):
     train(tmp_path, *FAST, "train.epochs=1", "train.max_steps=1")  # stops after batch 1 of 3

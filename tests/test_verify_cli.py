@@ -12,6 +12,7 @@ from splitnet.cli import main
 from tests.splitting import alexnet_small_12, assert_equivalent, verify_cfg
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_json_report_of_a_passing_split(capsys):
     args = ["partition=hybrid", "partition.exchange=reduce", "mesh.devices=2", "verify.steps=2"]
