@@ -89,3 +89,14 @@ def test_training_without_validation_on_request(sets, tmp_path, capsys):
     assert main(args) == 0
     assert "trained without validation (eval.enabled=false): epoch 1, step 3" in capsys.readouterr().out
     assert "not validated (eval.enabled=false)" in (tmp_path / "logs" / "rank0.log").read_text()
+
+
+def test_launcher_ray_without_ray_installed_says_which_extra(tmp_path, monkeypatch, capsys, no_workers):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    assert main(["train", "launcher=ray", f"hydra.run.dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        'splitnet train: error: launcher=ray needs Ray, an optional extra: pip install "splitnet[ray]"']
+    assert no_workers == []

@@ -19,6 +19,7 @@ never imports torch.distributed, Ray or Hydra.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def require_float32(cfg: dict[str, Any]) -> None:
 
 def check_runtime(cfg: dict[str, Any]) -> None:
     require_float32(cfg)
+    if cfg["launcher"].get("name") == "ray" and importlib.util.find_spec("ray") is None:
+        raise SplitnetError('launcher=ray needs Ray, an optional extra: pip install "splitnet[ray]"')
     ev = cfg["eval"]
     if ev["crops"] not in (1, 10):
         raise SplitnetError(f"eval.crops={ev['crops']!r}; valid: 1 (centre) or 10")
