@@ -40,3 +40,17 @@ def test_the_architecture_names_tests_that_exist():
 
 def test_the_readme_fits_in_250_lines():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_every_module_the_architecture_names_exists():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    rows = [row for row in text.splitlines() if row.startswith("| `splitnet/")]
+    missing = []
+    for row in rows:
+        package = ROOT / re.match(r"\| `(splitnet/[\w/.]*)`", row).group(1)
+        folder = package if package.is_dir() else package.parent
+        missing += [f"{folder.relative_to(ROOT)}/{m}" for m in re.findall(r"`(\w+\.py)`", row)
+                    if not (folder / m).exists() and not (ROOT / "splitnet" / m).exists()]
+    picture = text.split("```")[1]
+    missing += [m for m in re.findall(r"\b(\w+\.py)\b", picture) if not list((ROOT / "splitnet").rglob(m))]
+    assert rows and not missing, missing
