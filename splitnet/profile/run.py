@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from splitnet.comm.clock import time_split
+from splitnet.comm.meter import compare_traffic
 from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import DeviceCost
@@ -31,7 +32,6 @@ def run_profile(cfg: dict[str, Any]) -> dict[str, Any]:
     from splitnet.launchers import choose_launcher
     from splitnet.profile.worker import profile_worker
     from splitnet.train.preflight import require_float32
-    from splitnet.verify import compare_traffic
 
     launcher = choose_launcher(cfg)
     cfg = launcher.prepare(cfg)

@@ -76,11 +76,10 @@ def _trace(prof: Any, device: torch.device) -> tuple[list[tuple[int, int, int, s
 
 def profile_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
     """Profile this rank's ``profile.steps`` training steps (any launcher can call this)."""
-    from splitnet.comm.clock import ClockedTransport
     from splitnet.runtime import forward_backward, open_transport, setup_rank
 
     steps = cfg["profile"]["steps"]
-    transport = open_transport(cfg, rank, kind=ClockedTransport)  # its process groups stay out of the trace
+    transport = open_transport(cfg, rank)  # its process groups stay out of the trace
     cuda = transport.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     held: list[dict[str, set[int]]] = []
