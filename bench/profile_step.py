@@ -12,11 +12,10 @@ import sys
 from typing import Any
 
 import torch
-import yaml
 
 from splitnet.bench.contenders import contenders
 from splitnet.bench.worker import make_runner
-from splitnet.cli import CONF_DIR
+from splitnet.configs import model_config
 from splitnet.launchers.simulate import launch
 from splitnet.model.spec import load_spec
 from splitnet.verify import verify_batch
@@ -27,7 +26,7 @@ def job(rank: int, world: int, cfg: dict[str, Any]) -> str:
 
     spec = load_spec(cfg["model"])
     batches = [verify_batch(spec, 0, k, cfg["batch"]) for k in range(2)]
-    runner = make_runner(spec, batches, rank, world, cfg["contender"], 300.0)
+    runner = make_runner(spec, cfg["model"], batches, rank, world, cfg["contender"], 300.0)
     runner.step(0)
     runner.step(1)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -40,7 +39,7 @@ def job(rank: int, world: int, cfg: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     model, batch, key, steps = (argv + ["alexnet_cifar", "64", "columns_auto", "3"][len(argv):])[:4]
-    raw = yaml.safe_load((CONF_DIR / "model" / f"{model}.yaml").read_text())
+    raw = model_config(model)
     torch.set_printoptions(linewidth=200)
     (c,) = [c for c in contenders(load_spec(raw), int(batch), 2, 2, 4) if c.key == key]
     tables = launch(job, c.world, {"model": raw, "batch": int(batch), "contender": c.to_dict(), "steps": int(steps)})
