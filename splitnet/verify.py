@@ -45,11 +45,6 @@ def verify_batch(spec: ModelSpec, seed: int, step: int, batch: int) -> tuple[tor
     return random_batch(batch, spec.input_shape, spec.num_classes, seed, "verify", step)
 
 
-def _optimizer(params: Any, vcfg: dict[str, Any]) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=vcfg["lr"], momentum=vcfg["momentum"],
-                           weight_decay=vcfg["weight_decay"])
-
-
 def verify_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
     """One rank of a verify run (any launcher can call this)."""
     from splitnet.runtime import forward_backward, setup_rank
@@ -89,11 +84,12 @@ def _reference_run(spec: ModelSpec, plan: Plan, cfg: dict[str, Any], perturb: bo
     (deep nets at a small init amplify a one-ulp change at ReLU kinks; see the docstring)."""
     from splitnet.model.layers import set_step
     from splitnet.model.reference import build_reference
+    from splitnet.runtime import sgd
 
     vcfg = cfg["verify"]
     model = build_reference(spec, cfg["seed"]).train()
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = _optimizer(model.parameters(), vcfg)
+    opt = sgd(model.parameters(), vcfg)
     total = plan.batch_size * plan.replicas
     gen = torch.Generator().manual_seed(stream_seed(cfg["seed"], "verify", "perturb"))
     steps = []

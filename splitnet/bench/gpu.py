@@ -49,7 +49,7 @@ def gpu_rates(model: str, batch: int, steps: int) -> dict[str, Any]:
     from splitnet.model.reference import build_reference
     from splitnet.model.spec import load_spec
     from splitnet.partition import Mesh, make_plan
-    from splitnet.runtime import forward_backward, open_transport, setup_rank
+    from splitnet.runtime import forward_backward, open_transport, setup_rank, sgd
 
     spec = load_spec(model_config(model))
     plan = make_plan(spec, {"strategy": "columns"}, Mesh(1), batch)
@@ -62,7 +62,7 @@ def gpu_rates(model: str, batch: int, steps: int) -> dict[str, Any]:
         cast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dtype == torch.bfloat16 else nullcontext
         peak = matmul_peak(dtype)
         ref = build_reference(spec, 0).to(cuda).train()
-        opt = torch.optim.SGD(ref.parameters(), **SGD)
+        opt = sgd(ref.parameters(), SGD)
 
         def ref_step(k: int, ref: Any = ref, opt: Any = opt, cast: Any = cast) -> None:
             opt.zero_grad()

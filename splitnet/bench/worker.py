@@ -28,6 +28,7 @@ from torch import nn
 from splitnet.model.layers import set_step
 from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition.plan import ring_bytes
+from splitnet.runtime import sgd
 from splitnet.verify import verify_batch
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -45,7 +46,7 @@ SGD = {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0}
 
 
 def _sgd(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, **SGD)
+    return sgd(params, SGD)
 
 
 def _no_figures() -> dict[str, float | None]:

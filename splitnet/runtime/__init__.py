@@ -1,9 +1,9 @@
 """The split runtime: a rank's shard of the network, its set-up, its step, and state merge/split."""
 
-from splitnet.runtime.rank import Rank, open_transport, setup_rank
+from splitnet.runtime.rank import Rank, open_transport, setup_rank, sgd
 from splitnet.runtime.shard import ShardNet, build_shard
 from splitnet.runtime.state import merge_state, split_state
 from splitnet.runtime.step import StepResult, forward_backward
 
 __all__ = ["Rank", "ShardNet", "StepResult", "build_shard", "forward_backward", "merge_state", "open_transport",
-           "setup_rank", "split_state"]
+           "setup_rank", "sgd", "split_state"]

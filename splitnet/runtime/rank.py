@@ -3,15 +3,15 @@
 ``setup_rank(cfg, rank)`` is what train, verify, profile and bench call inside a worker
 function, after the launcher has joined the process group. It reads ``cfg["model"]``
 (the spec), ``cfg["plan"]`` (a ``Plan.to_dict()``), ``cfg["seed"]`` (the shard's
-initial weights) and ``cfg["comm"]["timeout_s"]``; the optimizer is SGD with momentum,
-its ``lr``, ``momentum`` and ``weight_decay`` from ``optim``. Every rank of a replica
-builds the same shard the single-device reference would hold, so no two copies of this
-sequence can drift apart.
+initial weights) and ``cfg["comm"]["timeout_s"]``; the optimizer is ``sgd``, SGD with
+momentum from ``optim``, which the single-device runs a split is compared with (verify's
+reference, bench's contenders) build too. Every caller goes through here, so no two
+copies of this sequence can drift apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,11 @@ def setup_rank(cfg: Mapping[str, Any], rank: int, *, optim: Mapping[str, Any],
     plan = Plan.from_dict(cfg["plan"])
     transport = transport if transport is not None else open_transport(cfg, rank)
     shard = build_shard(spec, plan, rank, seed=cfg["seed"], transport=transport)
-    optimizer = torch.optim.SGD(shard.parameters(), lr=optim["lr"], momentum=optim["momentum"],
-                                weight_decay=optim.get("weight_decay", 0.0))
-    return Rank(spec, plan, transport, shard, optimizer)
+    return Rank(spec, plan, transport, shard, sgd(shard.parameters(), optim))
+
+
+def sgd(params: Iterable[torch.nn.Parameter], optim: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD with momentum, ``lr``, ``momentum`` and ``weight_decay`` (default 0) from ``optim``:
+    every rank's optimizer, and the one the single-device runs it is compared with use."""
+    return torch.optim.SGD(params, lr=optim["lr"], momentum=optim["momentum"],
+                           weight_decay=optim.get("weight_decay", 0.0))
