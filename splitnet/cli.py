@@ -187,7 +187,7 @@ def _commands() -> dict[str, Callable[[dict[str, Any]], int]]:
 def _run_hydra(command: str, job: Callable[[dict[str, Any]], int], args: list[str]) -> int:
     import hydra
 
-    from splitnet.model.convstack import register_resolver
+    from splitnet.configs import register_resolver
 
     register_resolver()
     result = {"rc": 1}

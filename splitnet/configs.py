@@ -1,8 +1,9 @@
 """Where splitnet's shipped configuration files live, and reading a model's by name.
 
 ``$SPLITNET_CONF`` when set, else the repository's ``conf/`` (a checkout), else the copy
-inside the wheel. The command line composes them with Hydra (cli.py); a script that
-needs one model's spec without Hydra (``python -m splitnet.bench.gpu``) reads it here.
+inside the wheel. The command line composes them with Hydra (cli.py), with the resolvers
+registered here; a script that needs one model's spec without Hydra (``python -m
+splitnet.bench.gpu``) reads it here.
 """
 
 from __future__ import annotations
@@ -34,3 +35,12 @@ def model_config(name: str) -> dict[str, Any]:
         known = ", ".join(sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
         raise SplitnetError(f"model={name!r}: no {path}; valid: {known}")
     return dict(yaml.safe_load(path.read_text()))
+
+
+def register_resolver() -> None:
+    """Make ``${conv_stack:depth,lrn,pool,dropout,classes}`` available to configs."""
+    from omegaconf import OmegaConf
+
+    from splitnet.model.convstack import conv_stack
+
+    OmegaConf.register_new_resolver("conv_stack", conv_stack, replace=True)

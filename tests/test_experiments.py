@@ -12,11 +12,12 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from splitnet.configs import register_resolver
 from splitnet.data.config import DataConfig
 from splitnet.data.errors import DataError
 from splitnet.data.subset import in_subset, subset_size
 from splitnet.errors import SplitnetError
-from splitnet.model.convstack import conv_stack, register_resolver
+from splitnet.model.convstack import conv_stack
 from splitnet.model.spec import load_spec
 from tests.conftest import CONF, shipped_spec
 

@@ -11,8 +11,8 @@ conv. The knobs are the paper's ablations: ``lrn`` (section 3.3), ``pool`` 3
 
 Overlapping pools are padded by 1 so that 3/2 and 2/2 give the same map sizes
 (32 -> 16 -> 8 -> 4) and the same parameter count: only the pooling differs. Pure data:
-the experiment configs call it through the ``conv_stack`` OmegaConf resolver, which the
-CLI registers.
+the experiment configs call it through the ``conv_stack`` OmegaConf resolver, which
+configs.py registers for the CLI (the model package never imports OmegaConf).
 """
 
 from __future__ import annotations
@@ -58,10 +58,3 @@ def conv_stack(depth: int = 5, lrn: bool = True, pool: int = 3, dropout: float =
     # small logits: the loss starts at ln(classes)
     layers.append({"name": f"fc{depth + 3}", "op": "linear", "out": classes, "connect": "full", "std": 0.01})
     return layers
-
-
-def register_resolver() -> None:
-    """Make ``${conv_stack:depth,lrn,pool,dropout,classes}`` available to configs."""
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("conv_stack", conv_stack, replace=True)
