@@ -102,7 +102,7 @@ def _use_gpu(launcher: dict[str, Any]) -> bool:
     return bool(wanted)
 
 
-class Rank:
+class RankActor:
     """One rank (a Ray actor): reports where it runs, then joins the process group and runs the job."""
 
     def where(self) -> dict[str, Any]:
@@ -166,7 +166,7 @@ def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[A
         for rank in range(world):
             where = PlacementGroupSchedulingStrategy(groups[rank // devices],
                                                      placement_group_bundle_index=rank % devices)
-            actors.append(ray.remote(Rank).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
+            actors.append(ray.remote(RankActor).options(num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0),
                                             scheduling_strategy=where).remote())
         places = ray.get([a.where.remote() for a in actors])
         run_dir = Path(cfg["run_dir"])
