@@ -7,8 +7,9 @@ rank is its own Hydra app. What this module promises:
   ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``); nothing else is read.
 - Every rank of the job agrees on one run folder without talking: ``train.run_dir`` when
   given, else ``runs/torchrun-<TORCHELASTIC_RUN_ID>``. torchrun keeps the run id across
-  restarts, so a restarted worker group finds the checkpoints of the one before it and
-  resumes from the latest complete one by itself.
+  restarts, so a restarted worker group finds the checkpoints of the one before it; it
+  runs with the config its caller's ``restart`` gives (train's resumes from the latest
+  complete checkpoint, no flag needed).
 - A world size that disagrees with ``mesh.replicas x mesh.devices`` is one error line
   before any collective; ``mesh.replicas=null`` is derived from the world size.
 - ``comm.backend=auto`` is NCCL on ``cuda:LOCAL_RANK`` when CUDA is available, gloo
