@@ -11,7 +11,7 @@ def test_describe_json(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["total_params"] == 60_965_224
     conv1 = out["layers"][0]
-    # a multiply-add is 2 FLOPs, the bias 1 per output element (README, "The layer spec")
+    # a multiply-add is 2 FLOPs, the bias 1 per output element (docs/spec.md, "The layer spec")
     outputs = 96 * 55 * 55
     assert conv1 == {"name": "conv1", "op": "conv", "groups": 2, "connect": "full",
                      "out_shape": [96, 55, 55], "params": 34_944, "flops": outputs * (2 * 3 * 11 * 11 + 1)}
