@@ -145,3 +145,49 @@ def test_layer_names_must_be_identifiers(name):
 def test_flatness_is_inferred():
     spec = load_spec(tiny())
     assert [layer.flat for layer in spec.layers] == [False, False, False, True, True]
+
+
+def test_a_connecting_layers_width_need_not_divide_its_groups():
+    spec = load_spec(tiny(fc={"out": 3}))  # 3 classes over 2 groups: shards of 1 and 2
+    assert spec.layer("fc").out_shape == (3, 1, 1) and spec.layer("fc").groups == 2
+    uneven = tiny(c1={"out": 5})
+    uneven["layers"][1] = {"name": "r1", "op": "lrn", "size": 3}
+    with pytest.raises(SpecError, match="layer 'r1'.*5 input channels do not split into 2 equal groups"):
+        load_spec(uneven)
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "pad"), [(32, 3, 2, 0), (15, 3, 2, 0), (8, 2, 2, 0),
+                                                              (7, 3, 2, 1), (6, 3, 3, 1), (55, 3, 2, 0)])
+@pytest.mark.parametrize("op", ["maxpool", "avgpool"])
+def test_pool_output_sizes_are_torchs_in_both_roundings(op, size, kernel, stride, pad):
+    import torch
+
+    pool = {"maxpool": torch.nn.MaxPool2d, "avgpool": torch.nn.AvgPool2d}[op]
+    for ceil in (False, True):
+        spec = load_spec({"name": "m", "input": {"channels": 2, "size": size}, "layers": [
+            {"name": "p", "op": op, "kernel": kernel, "stride": stride, "pad": pad, "ceil": ceil}]})
+        y = pool(kernel, stride, pad, ceil_mode=ceil)(torch.zeros(1, 2, size, size))
+        assert spec.layers[0].out_shape == tuple(y.shape[1:]), ceil
+        assert spec.layers[0].flops == y.numel() * kernel * kernel
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"op": "dropout", "scale": "half"}, "scale='half'; valid: train"),
+        ({"op": "maxpool", "kernel": 2, "ceil": "yes"}, "ceil='yes' must be true"),
+        ({"op": "rnorm", "size": 3}, "op 'rnorm' needs alpha"),
+    ],
+)
+def test_new_op_keys_are_checked(change, words):
+    with pytest.raises(SpecError) as err:
+        load_spec(tiny(r1=change))
+    assert "layer 'r1'" in str(err.value) and words in str(err.value)
+
+
+def test_rnorm_keeps_the_shape_and_counts_its_window():
+    spec = load_spec(tiny(r1={"op": "rnorm", "size": 3, "alpha": 5e-5}))
+    r1 = spec.layer("r1")
+    assert r1.out_shape == r1.in_shape == (4, 8, 8)
+    assert r1.flops == (2 * 3 * 3 + 3) * 4 * 8 * 8
+    assert (r1.beta, r1.k) == (0.75, 1.0)

@@ -346,3 +346,20 @@ def test_uneven_plans_round_trip_through_json(alexnet_small):
 def test_unknown_exchange_mode(alexnet_small):
     with pytest.raises(PartitionError, match="partition.exchange='scatter'; valid: gather, reduce, auto"):
         plan_of(alexnet_small, exchange="scatter")
+
+
+@pytest.mark.parametrize("devices", [2, 3, 4])
+def test_per_map_ops_need_no_exchange_where_the_maps_are_split(devices):
+    """cuda-convnet's rnorm and pooling read each map alone: however the maps are cut, their
+    shards are their input's and nothing moves there (LRN, across maps, would take a halo)."""
+    from tests.conftest import shipped_spec
+
+    spec = shipped_spec("cuda_convnet_18pct")
+    plan = plan_of(spec, devices=devices)
+    per_map = [p for p in plan.layers if p.op in ("rnorm", "avgpool", "maxpool")]
+    assert {p.op for p in per_map} == {"rnorm", "avgpool", "maxpool"}
+    for p in per_map:
+        assert p.exchange is None
+        before = plan.layers[plan.layers.index(p) - 1]
+        assert [s.out for s in p.shards] == [s.out for s in before.shards]
+    assert list(plan.exchanges()) == ["conv2", "conv3", "fc10", "loss"]

@@ -30,6 +30,13 @@ def conv_dropout() -> dict:
     return model
 
 
+def paper_dropout() -> dict:
+    """alexnet_small with the paper's dropout: kept units unscaled in training (scale: test)."""
+    model = model_dict("alexnet_small")
+    return {**model, "name": "alexnet_small_paper_dropout",
+            "layers": [{**layer, "scale": "test"} if layer["op"] == "dropout" else layer for layer in model["layers"]]}
+
+
 CASES = [
     pytest.param(verify_cfg(devices=1), {}, id="columns-D1"),
     pytest.param(verify_cfg(devices=2, exchange="gather"),
@@ -73,6 +80,13 @@ CASES = [
     # 7 samples over 3 devices: 2, 2, 3 rows each for the replicated convs
     pytest.param(verify_cfg(partition="hybrid", devices=3, batch=7, exchange="gather"),
                  {"fc6": "batch", "fc7": "gather", "loss": "logits", "conv_grads": "grads"}, id="uneven-hybrid-D3"),
+    pytest.param(verify_cfg(paper_dropout(), devices=2, exchange="reduce"),
+                 {"conv3": "reduce", "fc6": "reduce", "fc7": "reduce", "fc8": "reduce"}, id="dropout-scale-test-D2"),
+    # cuda-convnet's 18% network over 3 devices (32 maps: 11, 11, 10): its rnorm and pools read
+    # each map alone, so only the connecting convs, fc10 and the loss talk
+    pytest.param(verify_cfg("cuda_convnet_18pct", devices=3, exchange="gather"),
+                 {"conv2": "gather", "conv3": "gather", "fc10": "gather", "loss": "logits"},
+                 id="cuda-convnet-18pct-uneven-D3"),
 ]
 
 

@@ -1,8 +1,9 @@
 """Layer ops torch does not ship in the form the 2012 network needs.
 
 Used by the reference model and by the split shards alike, so both compute the
-same thing: LRN that never crosses a group boundary, a grouped (block-diagonal)
-linear layer, and a dropout whose mask is a function of (seed, layer, step).
+same thing: LRN that never crosses a group boundary, cuda-convnet's response
+normalisation within each map, a grouped (block-diagonal) linear layer, and a
+dropout whose mask is a function of (seed, layer, step).
 """
 
 from __future__ import annotations
@@ -55,6 +56,36 @@ class SegmentLRN(nn.Module):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, widths={self.widths}"
 
 
+class RNorm(nn.Module):
+    """cuda-convnet's ``rnorm`` layer: response normalisation within each map, over
+    ``size`` x ``size`` neighbourhoods (not across maps, as LRN):
+
+        y[c, i, j] = x[c, i, j] * (k + alpha / size^2 * sum x[c, i', j']^2) ** -beta
+
+    the sum over the window rows i - size//2 .. i - size//2 + size - 1 (columns alike) that
+    lie inside the map. Source: cuda-convnet's ``layer.py`` (the parser divides the cfg's
+    ``scale`` by size^2, so ``alpha`` here is the cfg's ``scale``) and ``kCNorm_*`` in
+    ``conv_util.cu`` (window from ``-sizeX/2`` around the pixel, clipped to the image;
+    denominator ``1 + scale * sum``, later ``minDiv + ...``, raised to ``-powScale``).
+    Each channel reads only itself, so a channel split needs no exchange.
+    """
+
+    def __init__(self, size: int, alpha: float, beta: float, k: float) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        before = self.size // 2
+        after = self.size - 1 - before
+        squares = F.pad(x * x, (before, after, before, after))
+        # the zero padding stands for the pixels outside the map, which the sum skips
+        mean = F.avg_pool2d(squares, self.size, stride=1)
+        return x * (self.k + self.alpha * mean).pow(-self.beta)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
+
+
 class GroupedLinear(nn.Module):
     """A linear layer whose ``groups`` output blocks each read only their own input block."""
 
@@ -88,27 +119,34 @@ class SeededDropout(nn.Module):
     a rank holding channels 48..95 of rows 32..63 applies the reference's mask there.
     ``first_row``: where this module's rows start within those (hybrid conv layers, where
     each device takes its own part of the batch; the shard sets it every forward).
+    ``scale``: ``train`` divides the kept units by 1 - p while training (inverted dropout:
+    evaluation passes everything through); ``test`` keeps them as they are and multiplies
+    every output by 1 - p in evaluation, as the paper did (section 4.2: "multiply the
+    outputs by 0.5"). Both are the same function up to the next layer's weights' scale.
     """
 
-    def __init__(self, p: float, seed: int, layer: str, channels: tuple[int, int, int]) -> None:
+    def __init__(self, p: float, seed: int, layer: str, channels: tuple[int, int, int],
+                 scale: str = "train") -> None:
         super().__init__()
-        self.p, self.seed, self.layer, self.channels = p, seed, layer, channels
+        self.p, self.seed, self.layer, self.channels, self.scale = p, seed, layer, channels, scale
         self.first_row = 0
         self.step, self.row_offset, self.full_batch = 0, 0, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if self.p == 0.0:
             return x
+        if not self.training:
+            return x * (1.0 - self.p) if self.scale == "test" else x
         start, stop, total = self.channels
         first = self.row_offset + self.first_row
         rows = self.full_batch or first + x.shape[0]
         keep = dropout_keep(self.seed, self.layer, self.step, (rows, total, *x.shape[2:]), self.p)
         # backward keeps the mask: only this module's slice of it, one byte an element
         keep = keep[first:first + x.shape[0], start:stop].to(x.device, copy=True)
-        return x * keep / (1.0 - self.p)
+        return x * keep if self.scale == "test" else x * keep / (1.0 - self.p)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, layer={self.layer!r}, channels={self.channels}"
+        return f"p={self.p}, scale={self.scale}, layer={self.layer!r}, channels={self.channels}"
 
 
 def add_layer(parent: nn.Module, name: str, module: nn.Module) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from splitnet.model.layers import GroupedLinear, GroupLRN, SeededDropout, add_layer
+from splitnet.model.layers import GroupedLinear, GroupLRN, RNorm, SeededDropout, add_layer
 from splitnet.model.seeding import draw_rows
 from splitnet.model.spec import Layer, ModelSpec
 
@@ -38,13 +38,25 @@ def build_layer(spec: ModelSpec, layer: Layer, seed: int) -> nn.Module:
         return nn.ReLU()
     if layer.op == "lrn":
         return GroupLRN(layer.size, layer.alpha, layer.beta, layer.k, layer.groups)
-    if layer.op == "maxpool":
-        return nn.MaxPool2d(layer.kernel, layer.stride, layer.pad)
+    if layer.op in ("rnorm", "maxpool", "avgpool"):
+        return per_channel_op(layer)
     if layer.op == "dropout":
         c = layer.in_shape[0]
-        return SeededDropout(layer.p, seed, layer.name, (0, c, c))
+        return SeededDropout(layer.p, seed, layer.name, (0, c, c), layer.scale)
     if layer.op == "flatten":
         return nn.Flatten()
+    raise AssertionError(layer.op)
+
+
+def per_channel_op(layer: Layer) -> nn.Module:
+    """A weightless op that reads each channel on its own: the same module on any channels."""
+    if layer.op == "rnorm":
+        return RNorm(layer.size, layer.alpha, layer.beta, layer.k)
+    if layer.op == "maxpool":
+        return nn.MaxPool2d(layer.kernel, layer.stride, layer.pad, ceil_mode=layer.ceil)
+    if layer.op == "avgpool":
+        # a window clipped at the edge (ceil) averages the pixels inside, as cuda-convnet's AvgPooler
+        return nn.AvgPool2d(layer.kernel, layer.stride, layer.pad, ceil_mode=layer.ceil)
     raise AssertionError(layer.op)
 
 

@@ -8,9 +8,14 @@ The paper quotes 224x224 inputs, but with conv1's 11x11 kernel at stride 4 that
 gives 54.25; cuda-convnet2 and torchvision pad conv1 by 2, which gives the paper's
 55x55 feature map: (224 + 4 - 11) // 4 + 1 = 55.
 
+A pool with ``ceil: true`` rounds up instead, as cuda-convnet's pooling layers do
+(``ceil((in - kernel) / stride) + 1`` outputs), and like torch's ``ceil_mode`` drops a
+last window that would start beyond the padded input.
+
 FLOPs are forward FLOPs per sample: a multiply-add counts 2, a bias add 1 per
 output element, relu and dropout 1 per element, LRN (2 * size + 3) per element,
-max-pool kernel^2 per output element, flatten 0.
+rnorm (2 * size^2 + 3) per element, max- and average-pool kernel^2 per output
+element, flatten 0.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from typing import Any
 
 from splitnet.errors import SplitnetError
 
-OPS = ("conv", "linear", "relu", "lrn", "maxpool", "dropout", "flatten")
+OPS = ("conv", "linear", "relu", "lrn", "rnorm", "maxpool", "avgpool", "dropout", "flatten")
 WEIGHTED = ("conv", "linear")
 CONNECT = ("group", "full")
+DROPOUT_SCALES = ("train", "test")
 
 # Keys each op accepts, with defaults (None = required).
 _KEYS: dict[str, dict[str, Any]] = {
@@ -32,8 +38,13 @@ _KEYS: dict[str, dict[str, Any]] = {
     "linear": {"out": None, "connect": "full", "groups": 0, "bias_init": 0.0, "std": None},
     "relu": {},
     "lrn": {"size": None, "alpha": 1e-4, "beta": 0.75, "k": 1.0},
-    "maxpool": {"kernel": None, "stride": 0, "pad": 0},
-    "dropout": {"p": 0.5},
+    # cuda-convnet's ``rnorm``: within each map over size x size neighbourhoods (see layers.RNorm)
+    "rnorm": {"size": None, "alpha": None, "beta": 0.75, "k": 1.0},
+    "maxpool": {"kernel": None, "stride": 0, "pad": 0, "ceil": False},
+    "avgpool": {"kernel": None, "stride": 0, "pad": 0, "ceil": False},
+    # scale: train divides kept units by 1 - p in training (inverted dropout); test keeps them
+    # as they are and multiplies every output by 1 - p at test time (the paper's section 4.2)
+    "dropout": {"p": 0.5, "scale": "train"},
     "flatten": {},
 }
 _MODEL_KEYS = ("name", "input", "groups", "init_std", "layers")
@@ -63,6 +74,8 @@ class Layer:
     bias_init: float = 0.0
     std: float | str | None = None
     p: float = 0.0
+    scale: str = "train"
+    ceil: bool = False
     size: int = 0
     alpha: float = 0.0
     beta: float = 0.0
@@ -167,11 +180,15 @@ def _positive_int(value: Any, index: int, name: str, key: str, minimum: int = 1)
     return value
 
 
-def _out_size(size: int, kernel: int, stride: int, pad: int, index: int, name: str) -> int:
+def _out_size(size: int, kernel: int, stride: int, pad: int, index: int, name: str, ceil: bool = False) -> int:
     if kernel > size + 2 * pad:
         raise _err(index, name, f"kernel={kernel} is larger than its padded input "
                    f"{size}+2*{pad}={size + 2 * pad}; use kernel <= {size + 2 * pad} or more pad")
     out = (size + 2 * pad - kernel) // stride + 1
+    if ceil:
+        out = -(-(size + 2 * pad - kernel) // stride) + 1
+        if (out - 1) * stride >= size + pad:  # torch's rule: no window starts in the right padding
+            out -= 1
     if out <= 0:
         raise _err(index, name, f"output size {out} is not positive")
     return out
@@ -249,7 +266,7 @@ def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
 
     c, h, w = shape
     fields: dict[str, Any] = {"name": name, "op": op, "in_shape": shape, "in_groups": in_groups, "flat": flat}
-    if flat and op in ("conv", "maxpool"):
+    if flat and op in ("conv", "maxpool", "avgpool", "rnorm"):
         raise _err(i, name, f"{op} needs a C x H x W input, but its input is flat (after a flatten or "
                    "linear layer); move it before the flatten")
     if op == "conv" or op == "linear":
@@ -259,10 +276,12 @@ def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
         connect = values["connect"]
         if connect not in CONNECT:
             raise _err(i, name, f"connect={connect!r}; valid: group, full")
-        if out % groups:
-            raise _err(i, name, f"out={out} is not divisible by groups={groups}; "
-                       f"use a multiple of {groups} or other groups")
         if connect == "group":
+            # a connecting layer's width need not divide its groups (the shards may be uneven);
+            # a group layer's towers must be equal
+            if out % groups:
+                raise _err(i, name, f"out={out} is not divisible by groups={groups}; "
+                           f"use a multiple of {groups}, other groups, or connect: full")
             if in_groups != groups:
                 raise _err(i, name, f"connect: group with groups={groups} but its input has "
                            f"{in_groups} group(s); use groups={in_groups} or connect: full")
@@ -304,23 +323,37 @@ def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
         p = values["p"]
         if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
             raise _err(i, name, f"p={p!r} must be a probability in [0, 1)")
-        fields.update(out_shape=shape, p=float(p), flops=elements)
+        if values["scale"] not in DROPOUT_SCALES:
+            raise _err(i, name, f"scale={values['scale']!r}; valid: train (divide kept units by 1-p while "
+                       "training) or test (multiply outputs by 1-p at test time, the paper's)")
+        fields.update(out_shape=shape, p=float(p), scale=values["scale"], flops=elements)
     elif op == "lrn":
         n = _positive_int(values["size"], i, name, "size")
-        if c // in_groups < 1:
-            raise _err(i, name, f"no channels per group ({c} channels, {in_groups} groups)")
+        if c // in_groups < 1 or c % in_groups:
+            raise _err(i, name, f"its {c} input channels do not split into {in_groups} equal groups "
+                       "(LRN normalises within each group); give the layer before it a width that "
+                       f"{in_groups} divides, or groups: 1")
         fields.update(out_shape=shape, size=n, alpha=_number(values["alpha"], i, name, "alpha"),
                       beta=_number(values["beta"], i, name, "beta"), k=_number(values["k"], i, name, "k"),
                       flops=(2 * n + 3) * elements)
-    elif op == "maxpool":
+    elif op == "rnorm":
+        n = _positive_int(values["size"], i, name, "size")
+        fields.update(out_shape=shape, size=n, alpha=_number(values["alpha"], i, name, "alpha"),
+                      beta=_number(values["beta"], i, name, "beta"), k=_number(values["k"], i, name, "k"),
+                      flops=(2 * n * n + 3) * elements)
+    elif op in ("maxpool", "avgpool"):
         kernel = _positive_int(values["kernel"], i, name, "kernel")
         stride = _positive_int(values["stride"] or kernel, i, name, "stride")
         pad = _positive_int(values["pad"], i, name, "pad", minimum=0)
+        ceil = values["ceil"]
+        if not isinstance(ceil, bool):
+            raise _err(i, name, f"ceil={ceil!r} must be true (round the output size up, as cuda-convnet) "
+                       "or false (down, as torch's default)")
         if pad * 2 > kernel:
             raise _err(i, name, f"pad={pad} must be at most half of kernel={kernel}")
-        ho = _out_size(h, kernel, stride, pad, i, name)
-        wo = _out_size(w, kernel, stride, pad, i, name)
-        fields.update(kernel=kernel, stride=stride, pad=pad, out_shape=(c, ho, wo),
+        ho = _out_size(h, kernel, stride, pad, i, name, ceil)
+        wo = _out_size(w, kernel, stride, pad, i, name, ceil)
+        fields.update(kernel=kernel, stride=stride, pad=pad, ceil=ceil, out_shape=(c, ho, wo),
                       flops=c * ho * wo * kernel * kernel)
     elif op == "flatten":
         fields.update(out_shape=(elements, 1, 1), flat=True)

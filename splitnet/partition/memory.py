@@ -8,8 +8,9 @@ A pure walk over the plan that follows what torch's autograd keeps (measured wit
 - saved in forward, per layer, at this rank's rows: conv and linear keep their input
   (the tensor their exchange assembled, when there is one); ReLU keeps its output;
   LRN keeps its input, two more tensors of that size and the channel-padded square
-  (``F.local_response_norm``); max-pool keeps its input and int64 indices of its
-  output; dropout keeps a one-byte mask of its slice; flatten keeps nothing. A tensor
+  (``F.local_response_norm``); rnorm keeps its input and two more tensors of that size
+  (the denominator and its power); max-pool keeps its input and int64 indices of its
+  output; average pooling keeps nothing; dropout keeps a one-byte mask of its slice; flatten keeps nothing. A tensor
   two ops keep is counted once. An LRN whose tower spans devices keeps only its own
   channels and the window's reach beyond them (received from its neighbours). The loss
   keeps the log-softmax of the (gathered) logits.
@@ -48,7 +49,7 @@ INDEX_BYTES = 8  # max-pool indices and class labels are int64
 MASK_BYTES = 1   # a dropout mask is bool
 # Temporaries an op's backward makes beyond its input and output gradients, in units of
 # its output (LRN's backward runs the chain of pow, div and the padded average pool).
-BACKWARD_TEMP = {"lrn": 3}
+BACKWARD_TEMP = {"lrn": 3, "rnorm": 3}
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,14 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
         elif layer.weighted:
             keep += assembled if assembled else (0 if prev_kept else prev)
             prev_kept = False
+        elif layer.op == "rnorm":
+            keep += (0 if prev_kept else prev) + 2 * out
+            prev_kept = False
         elif layer.op == "relu":
             keep += out
             prev_kept = True
+        elif layer.op == "avgpool":
+            prev_kept = False
         elif layer.op == "maxpool":
             keep += (0 if prev_kept else prev) + rows * width * spatial * INDEX_BYTES
             prev_kept = False

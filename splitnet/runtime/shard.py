@@ -24,7 +24,7 @@ from splitnet.comm.exchange import AllReduce, ExchangeOp, Gather, Halo, Link, Re
 from splitnet.comm.transport import Transport
 from splitnet.errors import SplitnetError
 from splitnet.model.layers import GroupLRN, SeededDropout, SegmentLRN, add_layer, grouped_linear
-from splitnet.model.reference import initial_bias, initial_weight
+from splitnet.model.reference import initial_bias, initial_weight, per_channel_op
 from splitnet.model.spec import Layer, ModelSpec
 from splitnet.partition.plan import PSEUDO, Placement, Plan, Shard, split
 
@@ -326,13 +326,13 @@ def _weightless(layer: Layer, shard: Shard, held: tuple[int, int], seed: int,
     per_group = c // layer.groups
     if layer.op == "relu":
         return Weightless(nn.ReLU()), held
-    if layer.op == "maxpool":
-        return Weightless(nn.MaxPool2d(layer.kernel, layer.stride, layer.pad)), held
+    if layer.op in ("rnorm", "maxpool", "avgpool"):
+        return Weightless(per_channel_op(layer)), held
     if layer.op == "flatten":
         spatial = layer.in_shape[1] * layer.in_shape[2]
         return Weightless(nn.Flatten()), (held[0] * spatial, held[1] * spatial)
     if layer.op == "dropout":
-        return Weightless(SeededDropout(layer.p, seed, layer.name, (held[0], held[1], c))), held
+        return Weightless(SeededDropout(layer.p, seed, layer.name, (held[0], held[1], c), layer.scale)), held
     if layer.op == "lrn":
         if halo is not None:  # ours widened by the window's reach the halo brings; keep ours
             out, (lo, hi) = shard.out, shard.reads or shard.out
