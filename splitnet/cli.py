@@ -109,7 +109,8 @@ def _train(cfg: dict[str, Any]) -> int:
     if final is None:  # a torchrun rank that does not report: the reporting rank prints the result
         return 0
     if "top1" in final:
-        print(f"final held-out top-1 accuracy: {final['top1']:.2%} (top-5 {final['top5']:.2%}, "
+        top5 = f"top-5 {final['top5']:.2%}, " if "top5" in final else ""
+        print(f"final held-out top-1 accuracy: {final['top1']:.2%} ({top5}"
               f"{final['val_samples']} images, epoch {final['epoch'] + 1}, step {final['step']})")
     else:
         print(f"trained without validation (eval.enabled=false): epoch {final['epoch'] + 1}, step {final['step']}")
@@ -127,7 +128,7 @@ def _export(cfg: dict[str, Any]) -> int:
 
 
 def _evaluate(cfg: dict[str, Any]) -> int:
-    from splitnet.train.evaluate import evaluate_checkpoint
+    from splitnet.train.evaluate import evaluate_checkpoint, scores_text
 
     if not cfg.get("ckpt"):
         raise SplitnetError("evaluate needs ckpt=PATH (a checkpoint or run folder)")
@@ -135,8 +136,8 @@ def _evaluate(cfg: dict[str, Any]) -> int:
     if cfg.get("format") == "json":
         print(json.dumps(result))
     else:
-        print(f"{result['model']} from {result['checkpoint']}: top-1 {result['top1']:.2%}, top-5 "
-              f"{result['top5']:.2%}, loss {result['val_loss']:.4f} on {result['val_samples']} images")
+        print(f"{result['model']} from {result['checkpoint']}: {scores_text(result)}, "
+              f"loss {result['val_loss']:.4f} on {result['val_samples']} images")
     return 0
 
 

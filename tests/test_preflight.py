@@ -60,7 +60,6 @@ def test_too_few_samples_for_a_batch_is_one_line_before_any_worker(sets, tmp_pat
 @pytest.mark.parametrize(("data", "overrides", "words"), [
     ("train_only", [], r"data\.val='.*/val-\*\.tar' matches no shards: .*--val-fraction 0\.1.*eval\.enabled=false"),
     ("full", ["data.num_classes=4"], r"data\.num_classes=4 but .*lists 10 classes; set data\.num_classes=10"),
-    ("full", ["model.layers.22.out=12"], r"data\.num_classes=10 .* ends in 12 outputs \(layer 'fc8'\)"),
     ("small_images", ["data.side=null"], r"stores 8x8 images but model 'alexnet_small' takes 32x32 .*data\.side=36"),
     ("full", ["data.side=20"], r"data\.side=20 is smaller than the 32x32 input of model 'alexnet_small'"),
     ("full", ["model.input.channels=1"], r"model\.input\.channels=1 but data 'cifar10' holds RGB images"),
@@ -79,6 +78,20 @@ def test_bad_input_fails_in_the_parent_naming_key_value_and_fix(sets, tmp_path, 
         train(tmp_path, "data=cifar10", f"data.root={sets[data]}", "batch_size=16", *overrides)
     assert "\n" not in str(failed.value)
     assert no_workers == [] and multiprocessing.active_children() == []
+
+
+def test_a_model_ending_without_weights_must_match_the_class_count(sets, tmp_path, no_workers):
+    """A classifier with weights takes data.num_classes; a weightless last layer keeps its width."""
+    from splitnet.train.job import run_train
+    from tests.training import config
+
+    cfg = config("data=cifar10", f"data.root={sets['full']}", "batch_size=16")
+    cfg["model"]["layers"][-1]["out"] = 12
+    cfg["model"]["layers"].append({"name": "relu8", "op": "relu"})
+    with pytest.raises(SplitnetError, match=r"data\.num_classes=10 .* ends in 12 outputs \(layer 'relu8', "
+                                            r"without weights\); end the model in a conv or linear layer"):
+        run_train(cfg, tmp_path)
+    assert no_workers == []
 
 
 @pytest.mark.timeout(300)

@@ -360,6 +360,19 @@ def _load_layer(i: int, item: Any, shape: tuple[int, int, int], in_groups: int,
     return Layer(**fields)
 
 
+def with_classes(raw: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+    """The model as written, with its classifier (the last layer, when it has weights) as
+    wide as the data has classes: every model then trains on CIFAR-100, an ImageNet subset
+    or a user's three folders without editing its file. A model that ends in a weightless
+    layer is returned as it is (training then checks its width against the data)."""
+    layers = raw.get("layers")
+    if not isinstance(layers, Sequence) or not layers or not isinstance(layers[-1], Mapping) \
+            or layers[-1].get("op") not in WEIGHTED or isinstance(num_classes, bool) \
+            or not isinstance(num_classes, int) or num_classes < 1:
+        return dict(raw)  # not a classifier, or a class count that the data's own check refuses
+    return {**raw, "layers": [*layers[:-1], {**layers[-1], "out": num_classes}]}
+
+
 def spec_summary(spec: ModelSpec) -> dict[str, Any]:
     """The JSON shape `splitnet describe format=json` prints."""
     return {

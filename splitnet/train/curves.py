@@ -26,7 +26,8 @@ def draw_curves(metrics_path: Path, out: Path) -> Path:
         ax_loss.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", color="#d62728",
                      label="validation loss")
         ax_acc.plot([r["epoch"] + 1 for r in epochs], [100 * r["top1"] for r in epochs], "o-", label="top-1")
-        ax_acc.plot([r["epoch"] + 1 for r in epochs], [100 * r["top5"] for r in epochs], "s--", label="top-5")
+        if all("top5" in r for r in epochs):  # not on 5 classes or fewer
+            ax_acc.plot([r["epoch"] + 1 for r in epochs], [100 * r["top5"] for r in epochs], "s--", label="top-5")
         ax_acc.legend()
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("cross-entropy")

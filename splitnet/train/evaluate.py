@@ -46,10 +46,18 @@ def pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros((missing, *x.shape[1:]))]) if missing else x
 
 
-def summarize(counts: torch.Tensor) -> dict[str, Any]:
+def summarize(counts: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Accuracies and mean loss; top-5 only where 5 is below the class count (on 5 classes
+    or fewer it is 100% whatever the model does)."""
     n = max(float(counts[2]), 1.0)
-    return {"top1": float(counts[0]) / n, "top5": float(counts[1]) / n, "val_loss": float(counts[3]) / n,
-            "val_samples": int(counts[2])}
+    top5 = {"top5": float(counts[1]) / n} if num_classes > 5 else {}
+    return {"top1": float(counts[0]) / n, **top5, "val_loss": float(counts[3]) / n, "val_samples": int(counts[2])}
+
+
+def scores_text(result: dict[str, Any]) -> str:
+    """``top-1 96.40%, top-5 99.80%`` (no top-5 where it is not reported)."""
+    top5 = f", top-5 {result['top5']:.2%}" if "top5" in result else ""
+    return f"top-1 {result['top1']:.2%}{top5}"
 
 
 
@@ -78,4 +86,4 @@ def evaluate_reference(model: torch.nn.Module, spec: ModelSpec, cfg: dict[str, A
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
                           batch_size=cfg["eval"]["batch_size"], replica=0, num_replicas=1, epoch=0,
                           seed=cfg["seed"], crops=crops)
-    return summarize(score(model, loader, crops))
+    return summarize(score(model, loader, crops), spec.num_classes)

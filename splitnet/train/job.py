@@ -1,6 +1,7 @@
 """``splitnet train``: plan once, prepare the data, start the workers, report.
 
-The parent never trains: it checks everything that can be checked before launching
+The parent never trains: it sizes the model's classifier to the data's classes
+(``data.num_classes``), checks everything that can be checked before launching
 (``preflight``: bad input fails here, in one line, before any process starts), builds
 the embedded dataset's cache once (so N workers do not race to), writes the plan
 (JSON, table, picture) into the run folder, hands ``train_worker`` to the launcher it
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from splitnet.model.spec import with_classes
 from splitnet.partition import Mesh
 from splitnet.train.preflight import preflight
 
@@ -39,6 +41,8 @@ def run_train(cfg: dict[str, Any], run_dir: Path, launcher: Launcher) -> dict[st
     from splitnet.train.restart import resumed
 
     cfg = launcher.prepare(cfg)
+    written = cfg["model"]
+    cfg = {**cfg, "model": with_classes(written, cfg["data"].get("num_classes"))}
     checked = preflight(cfg, run_dir)
     spec, plan, info = checked.spec, checked.plan, checked.info
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,6 +62,9 @@ def run_train(cfg: dict[str, Any], run_dir: Path, launcher: Launcher) -> dict[st
               file=sys.stderr)
         print(f"splitnet train: data {info.name} ({info.num_classes} classes), run folder {run_dir}",
               file=sys.stderr)
+        if cfg["model"] != written:
+            print(f"splitnet train: layer {spec.layers[-1].name!r} has {spec.num_classes} outputs, one per class "
+                  f"(data.num_classes; the model file says {written['layers'][-1].get('out')})", file=sys.stderr)
     job_cfg = {**cfg, "plan": plan.to_dict(), "run_dir": str(run_dir)}
 
     def explain(rank: int) -> str:

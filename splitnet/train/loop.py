@@ -28,7 +28,7 @@ from splitnet.partition.plan import Plan
 from splitnet.runtime import ShardNet, forward_backward, open_transport, setup_rank
 from splitnet.runtime.schedule import pipeline_forward
 from splitnet.train import checkpoint
-from splitnet.train.evaluate import pad_rows, score, summarize
+from splitnet.train.evaluate import pad_rows, score, scores_text, summarize
 from splitnet.train.lr import LrSchedule
 
 
@@ -90,7 +90,7 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
 
     counts = score(logits, loader, crops)
     shard.train()
-    return summarize(combine_metrics(counts, transport, plan.output_rank))
+    return summarize(combine_metrics(counts, transport, plan.output_rank), spec.num_classes)
 
 
 def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -210,9 +210,10 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
             _append(metrics_path, final)
             if board is not None and val:
                 for key in ("top1", "top5", "val_loss"):
-                    board.add_scalar(f"val/{key}", val[key], step)
+                    if key in val:
+                        board.add_scalar(f"val/{key}", val[key], step)
                 board.flush()
-        scores = (f"top-1 {val['top1']:.2%}, top-5 {val['top5']:.2%}, val loss {val['val_loss']:.4f}" if val
+        scores = (f"{scores_text(val)}, val loss {val['val_loss']:.4f}" if val
                   else "not validated (eval.enabled=false)")
         log.info(f"epoch {epoch + 1}: {scores}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
         # an epoch cut short by train.max_steps resumes after its last batch taken

@@ -2,8 +2,11 @@
 
 Paper section 5: "divide the learning rate by 10 when the validation error rate
 stopped improving with the current learning rate", three times in all. ``plateau``
-does that after each epoch's evaluation; ``step`` divides at fixed epochs; either can
-start with a linear warm-up over ``warmup_steps``.
+does that after each epoch's evaluation, once ``patience`` + 1 epochs in a row have
+brought no new best error: by default 3, so one or two noisy epochs (a held-out error
+measured on a few hundred images moves by a point from one epoch to the next) never
+cut the rate, and a real plateau costs two epochs more than with no patience. ``step``
+divides at fixed epochs; either can start with a linear warm-up over ``warmup_steps``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ class LrSchedule:
     base_lr: float
     kind: str = "plateau"            # plateau | step | constant
     factor: float = 0.1
-    patience: int = 0                # epochs without improvement before a cut
+    patience: int = 2                # epochs without improvement tolerated; the next one cuts
     max_cuts: int = 3
     milestones: list[int] = field(default_factory=list)   # step: epochs after which to cut
     warmup_steps: int = 0
@@ -69,7 +72,7 @@ class LrSchedule:
     @classmethod
     def from_config(cls, optim: dict[str, Any]) -> LrSchedule:
         return cls(base_lr=float(optim["lr"]), kind=optim.get("schedule", "plateau"),
-                   factor=float(optim.get("factor", 0.1)), patience=int(optim.get("patience", 0)),
+                   factor=float(optim.get("factor", 0.1)), patience=int(optim.get("patience", 2)),
                    max_cuts=int(optim.get("max_cuts", 3)), milestones=list(optim.get("milestones") or []),
                    warmup_steps=int(optim.get("warmup_steps", 0)))
 

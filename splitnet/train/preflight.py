@@ -79,8 +79,8 @@ def check_runtime(cfg: dict[str, Any]) -> None:
 def check_data(cfg: dict[str, Any], spec: ModelSpec, plan: Plan, info: DataInfo) -> None:
     if info.num_classes != spec.num_classes:
         raise SplitnetError(f"data.num_classes={info.num_classes} (data {info.name!r}) but model {spec.name!r} "
-                            f"ends in {spec.num_classes} outputs (layer {spec.layers[-1].name!r}); change that "
-                            "layer's out or the data")
+                            f"ends in {spec.num_classes} outputs (layer {spec.layers[-1].name!r}, without weights); "
+                            "end the model in a conv or linear layer, whose width then follows data.num_classes")
     if info.synthetic:
         return
     size, side = spec.input_size, cfg["data"].get("side")
