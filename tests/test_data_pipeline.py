@@ -131,17 +131,18 @@ def test_val_scores_every_sample_once_in_partial_batches(shard_dir) -> None:
             assert len(sizes) == {1: [6], 2: [3, 3], 3: [3, 3, 0]}[replicas][replica]  # val: 2 shards of 20
             seen += [i for x, _ in ld for i in ids_of(x, shard_dir)]
         assert sorted(seen) == list(range(N_TRAIN, N_TRAIN + N_VAL))
-    ten = batches(loader(shard_dir, split="val", batch_size=15, crops=10))
+    ten = batches(loader(shard_dir, split="val", batch_size=15, crops=10, flip=True))
     assert [x.shape[:2] for x, _ in ten] == [(15, 10), (15, 10), (10, 10)]
 
 
 def test_val_centre_crop_and_ten_crops(shard_dir) -> None:
     one = batches(loader(shard_dir, split="val", batch_size=10))
-    ten = batches(loader(shard_dir, split="val", batch_size=10, crops=10))
+    ten = batches(loader(shard_dir, split="val", batch_size=10, crops=10, flip=True))
     assert len(one) == len(ten) == N_VAL // 10
     assert ten[0][0].shape == (10, 10, 3, 6, 6)
     for (x1, y1), (x10, y10) in zip(one, ten, strict=True):
         assert torch.equal(x10[:, 0], x1) and torch.equal(y1, y10)
+        assert torch.equal(x10[:, 5:], x10[:, :5].flip(-1))  # the last five: the first five mirrored
     # Val is read in order, without shuffling: the same every epoch.
     ids = [i for x, _ in one for i in ids_of(x, shard_dir)]
     assert sorted(ids) == list(range(N_TRAIN, N_TRAIN + N_VAL))
@@ -232,6 +233,20 @@ def test_shard_set_errors_name_the_cause(shard_dir, tmp_path) -> None:
         loader(tmp_path / "train_only", batch_size=5, replica=2, replicas=3)
     with pytest.raises(DataError, match="data.num_classes=10 but .* lists 4 classes"):
         loader(shard_dir, num_classes=10)
+
+
+@pytest.mark.parametrize(("requested", "flip", "augment", "scored"), [
+    (10, True, True, 10),    # training flips: the paper's ten crops
+    (10, False, True, 5),    # training never flips: no mirrored crops
+    (10, True, False, 5),    # no augmentation at all: no flips either
+    (5, True, True, 5),
+    (1, False, True, 1),
+])
+def test_test_crops_follow_the_training_augmentation(shard_dir, requested, flip, augment, scored) -> None:
+    x, y = next(iter(loader(shard_dir, split="val", batch_size=10, crops=requested, flip=flip, augment=augment)))
+    ten, _ = next(iter(loader(shard_dir, split="val", batch_size=10, crops=10, flip=True)))
+    assert x.shape[:2] == ((10, scored) if scored > 1 else (10, 3))
+    assert torch.equal(x if scored > 1 else x[:, None], ten[:, :scored])  # centre, corners, then mirrors
 
 
 def test_argument_errors(shard_dir) -> None:

@@ -1,5 +1,6 @@
 """Exact evaluation: the split model, its replicas sharing the validation set, scores every
-held-out image once (a last partial batch included, 1 and 10 crops) and agrees with the
+held-out image once (a last partial batch included, 1 crop and eval.crops=10, which is 5
+here as the data does not flip) and agrees with the
 single-device reference in the image count exactly and in the loss within round-off."""
 
 from __future__ import annotations

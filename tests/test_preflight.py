@@ -71,6 +71,7 @@ def test_too_few_samples_for_a_batch_is_one_line_before_any_worker(sets, tmp_pat
                                                      r"fewer than one batch .*set batch_size <= 30"),
     ("full", ["eval.enabled=false"], r"optim\.schedule=plateau .* eval\.enabled=false .* optim\.schedule=step"),
     ("full", ["eval.batch_size=0"], r"eval\.batch_size=0 must be an integer >= 1"),
+    ("full", ["eval.crops=3"], r"eval\.crops=3; valid: 1 \(centre\), 5 \(corners and centre\) or 10"),
 ])
 def test_bad_input_fails_in_the_parent_naming_key_value_and_fix(sets, tmp_path, no_workers, data, overrides,
                                                                 words):

@@ -4,8 +4,10 @@ Training: a random ``size`` x ``size`` crop (224 of 256 in the paper; the model'
 size here), an optional horizontal flip, and PCA colour noise: every image gets
 ``eigvec @ (alpha * eigval)`` added to each pixel, alpha ~ N(0, pca_std) drawn once per
 image. Evaluation: the centre crop, or ten crops (the four corners and the centre, then
-the same five mirrored) whose softmax outputs the caller averages. Then mean
-subtraction (the paper's only normalisation), optionally division by the std.
+the same five mirrored) whose softmax outputs the caller averages; five (no mirrors)
+where training never flips (``eval_crops``): a net that never saw a mirrored image is
+not scored on one. Then mean subtraction (the paper's only normalisation), optionally
+division by the std.
 
 Pixels are in [0, 1] units throughout, the units of meta.json's colour statistics.
 Cropping and flipping happen on uint8 arrays, the float work on whole batches.
@@ -43,17 +45,28 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     return crop(image, (h - size) // 2, (w - size) // 2, size)
 
 
-def ten_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """(10, size, size, C): TEN_CROP_ORDER, then the same five crops mirrored left-right."""
+def five_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """(5, size, size, C): the centre and the four corners, in TEN_CROP_ORDER."""
     h, w = image.shape[:2]
-    five = [
+    return np.stack([
         centre_crop(image, size),
         crop(image, 0, 0, size),
         crop(image, 0, w - size, size),
         crop(image, h - size, 0, size),
         crop(image, h - size, w - size, size),
-    ]
-    return np.stack(five + [c[:, ::-1] for c in five])
+    ])
+
+
+def ten_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """(10, size, size, C): TEN_CROP_ORDER, then the same five crops mirrored left-right."""
+    five = five_crop(image, size)
+    return np.concatenate([five, five[:, :, ::-1]])
+
+
+def eval_crops(requested: int, train_flips: bool) -> int:
+    """The crops an evaluation scores: ``requested`` (1, 5 or 10), except that ten (the
+    paper's, with mirrors) becomes five where training never flips its images."""
+    return 5 if requested == 10 and not train_flips else requested
 
 
 def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, flip: bool) -> np.ndarray:
@@ -106,11 +119,12 @@ class Augmenter:
             offset = (pca_offset(rng, self.eigval, self.eigvec, self.pca_std)
                       if self.pca_std > 0 else np.zeros(3, dtype=np.float32))
             return random_crop(image, self.size, rng, self.flip), offset
-        view = ten_crop(image, self.size) if self.crops == 10 else centre_crop(image, self.size)
+        views = {1: centre_crop, 5: five_crop, 10: ten_crop}
+        view = views[self.crops](image, self.size)
         return view, np.zeros(3, dtype=np.float32)
 
     def batch(self, crops: Sequence[np.ndarray], offsets: Sequence[np.ndarray]) -> torch.Tensor:
-        """Stack to float32 [B, C, S, S] (or [B, 10, C, S, S]), add colour noise, normalise."""
+        """Stack to float32 [B, C, S, S] (or [B, crops, C, S, S]), add colour noise, normalise."""
         # Channels move first while still uint8 (a quarter of the bytes of float32), then
         # one scale and one shift: (x/255 + noise - mean) / std.
         x = torch.from_numpy(np.stack(crops)).movedim(-1, -3).contiguous().float()

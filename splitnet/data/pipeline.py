@@ -30,7 +30,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from splitnet.data.augment import Augmenter
+from splitnet.data.augment import Augmenter, eval_crops
 from splitnet.data.config import DataConfig
 from splitnet.data.distribute import (
     batches_per_epoch,
@@ -298,7 +298,8 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
                  skip_batches: int = 0) -> ShardLoader | SyntheticLoader:
     """One replica's batches of ``split`` for ``epoch``; identical on every rank of the replica.
 
-    Images are float32 [B, C, S, S] ([B, 10, C, S, S] when ``crops=10``, val only),
+    Images are float32 [B, C, S, S] ([B, n, C, S, S] for n > 1 crops, val only: ``crops``
+    5, or 10, which gives 5 where training does not flip, see ``eval_crops``),
     labels int64 [B]. Train: every replica yields the same ``len(loader)`` full batches,
     and ``skip_batches`` starts the epoch at that batch (resume) with the same batches
     after it. Val: the replicas' shards are disjoint and together the whole split; each
@@ -308,12 +309,13 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_dict(data_cfg)
     if split not in SPLITS:
         raise DataError(f"split {split!r} is not one of {SPLITS}")
-    if crops not in (1, 10) or (crops == 10 and split != "val"):
-        raise DataError(f"crops={crops}: use 1, or 10 for the val split's ten-crop evaluation")
+    if crops not in (1, 5, 10) or (crops > 1 and split != "val"):
+        raise DataError(f"crops={crops}: use 1, or 5 or 10 for the val split's multi-crop evaluation")
     for name, value in [("image_size", image_size), ("batch_size", batch_size),
                         ("num_replicas", num_replicas), ("channels", channels)]:
         if value < 1:
             raise DataError(f"{name} must be >= 1, got {value}")
+    crops = eval_crops(crops, cfg.flip and cfg.augment)
     info = data_info(cfg, cache_dir=cache_dir)
     if not 0 <= replica < num_replicas:
         raise DataError(f"replica {replica} is not in 0..{num_replicas - 1}")

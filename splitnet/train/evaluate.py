@@ -17,16 +17,18 @@ from splitnet.model.spec import ModelSpec
 
 
 def score(forward: Callable[[torch.Tensor], torch.Tensor | None],
-          loader: Iterable[tuple[torch.Tensor, torch.Tensor]], crops: int) -> torch.Tensor:
+          loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """Counts (top-1 correct, top-5 correct, samples, summed loss) over the loader.
 
-    With ten crops the softmax outputs of a sample's crops are averaged (paper 4.1).
-    ``forward`` may return None on ranks that do not hold the logits.
+    With several crops ([B, crops, C, S, S] batches) the softmax outputs of a sample's
+    crops are averaged (paper 4.1). ``forward`` may return None on ranks that do not hold
+    the logits.
     """
     counts = torch.zeros(4, dtype=torch.float64)
     with torch.no_grad():
         for x, y in loader:
             b = x.shape[0]
+            crops = x.shape[1] if x.dim() == 5 else 1
             logits = forward(x.flatten(0, 1) if crops > 1 else x)
             if logits is None:
                 continue
@@ -86,4 +88,4 @@ def evaluate_reference(model: torch.nn.Module, spec: ModelSpec, cfg: dict[str, A
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
                           batch_size=cfg["eval"]["batch_size"], replica=0, num_replicas=1, epoch=0,
                           seed=cfg["seed"], crops=crops)
-    return summarize(score(model, loader, crops), spec.num_classes)
+    return summarize(score(model, loader), spec.num_classes)

@@ -88,7 +88,7 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
         out = forward_only(shard, x.to(transport.device), transport)
         return None if out is None else out[:rows].cpu()
 
-    counts = score(logits, loader, crops)
+    counts = score(logits, loader)
     shard.train()
     return summarize(combine_metrics(counts, transport, plan.output_rank), spec.num_classes)
 

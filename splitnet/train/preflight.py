@@ -65,8 +65,9 @@ def check_runtime(cfg: dict[str, Any]) -> None:
     if cfg["launcher"].get("name") == "ray" and importlib.util.find_spec("ray") is None:
         raise SplitnetError('launcher=ray needs Ray, an optional extra: pip install "splitnet[ray]"')
     ev = cfg["eval"]
-    if ev["crops"] not in (1, 10):
-        raise SplitnetError(f"eval.crops={ev['crops']!r}; valid: 1 (centre) or 10")
+    if ev["crops"] not in (1, 5, 10):
+        raise SplitnetError(f"eval.crops={ev['crops']!r}; valid: 1 (centre), 5 (corners and centre) or 10 "
+                            "(and their mirrors, where training flips)")
     if not isinstance(ev["batch_size"], int) or ev["batch_size"] < 1:
         raise SplitnetError(f"eval.batch_size={ev['batch_size']!r} must be an integer >= 1")
     schedule = cfg["optim"].get("schedule", "plateau")
