@@ -38,7 +38,7 @@ def model_config(name: str) -> dict[str, Any]:
 
 
 def register_resolver() -> None:
-    """Make ``${conv_stack:depth,lrn,pool,dropout,classes}`` available to configs."""
+    """Make ``${conv_stack:depth,lrn,pool,dropout,classes[,dropout_scale]}`` available to configs."""
     from omegaconf import OmegaConf
 
     from splitnet.model.convstack import conv_stack

@@ -147,6 +147,10 @@ def test_conv_stack_toggles_change_only_what_they_name():
     assert not any(x.op == "lrn" for x in no_lrn.layers) and no_lrn.total_params == base.total_params
     assert [x.p for x in base.layers if x.op == "dropout"] == [0.5, 0.5]
     assert not any(x.op == "dropout" for x in spec_of(dropout=0.0).layers)
+    assert {x.scale for x in base.layers if x.op == "dropout"} == {"train"}
+    paper = spec_of(dropout_scale="test")
+    assert [x.scale for x in paper.layers if x.op == "dropout"] == ["test", "test"]
+    assert [x.out_shape for x in paper.layers] == [x.out_shape for x in base.layers]
 
 
 @pytest.mark.parametrize(("arch", "message"), [({"depth": 1}, "arch.depth=1"), ({"pool": 4}, "arch.pool=4")])

@@ -181,7 +181,7 @@ def test_mid_epoch_resume_refuses_a_changed_batch_and_a_finished_run_reports(tmp
 
 @pytest.mark.parametrize(("overrides", "words"), [
     (["dtype_bytes=2"], "the runtime computes in float32"),
-    (["eval.crops=5"], "eval.crops=5"),
+    (["eval.crops=3"], "eval.crops=3"),
 ])
 def test_bad_training_configs_fail_before_any_process(tmp_path, monkeypatch, overrides, words):
     import splitnet.launchers.simulate

@@ -6,8 +6,9 @@ followed by LRN and a max-pool, then ``depth - 2`` 3x3 convolutions (the first o
 connecting, the rest per tower, as conv3-conv5 in the paper) and a last pool, then
 three fully-connected layers (dropout after the first two), numbered on from the last
 conv. The knobs are the paper's ablations: ``lrn`` (section 3.3), ``pool`` 3
-(overlapping 3/2, section 3.4) or 2 (plain 2/2), ``dropout`` (section 4.2), ``depth``
-(section 7: depth matters).
+(overlapping 3/2, section 3.4) or 2 (plain 2/2), ``dropout`` (section 4.2) and its
+``dropout_scale`` (``train``: inverted dropout; ``test``: the paper's, outputs times 1 - p
+at test time), ``depth`` (section 7: depth matters).
 
 Overlapping pools are padded by 1 so that 3/2 and 2/2 give the same map sizes
 (32 -> 16 -> 8 -> 4) and the same parameter count: only the pooling differs. Pure data:
@@ -26,7 +27,7 @@ _LRN = {"op": "lrn", "size": 5, "alpha": 1.0e-4, "beta": 0.75, "k": 2.0}
 
 
 def conv_stack(depth: int = 5, lrn: bool = True, pool: int = 3, dropout: float = 0.5,
-               classes: int = 10) -> list[dict[str, Any]]:
+               classes: int = 10, dropout_scale: str = "train") -> list[dict[str, Any]]:
     """The layer list; depth 5 with the defaults is alexnet_small's topology (padded pools)."""
     if not isinstance(depth, int) or depth < 2:
         raise SplitnetError(f"arch.depth={depth!r}: the stack needs at least 2 convolutional layers "
@@ -54,7 +55,7 @@ def conv_stack(depth: int = 5, lrn: bool = True, pool: int = 3, dropout: float =
         layers.append({"name": f"fc{i}", "op": "linear", "out": 256, "connect": "full", "bias_init": 0.1})
         layers.append({"name": f"relu{i}", "op": "relu"})
         if dropout > 0:
-            layers.append({"name": f"drop{i}", "op": "dropout", "p": dropout})
+            layers.append({"name": f"drop{i}", "op": "dropout", "p": dropout, "scale": dropout_scale})
     # small logits: the loss starts at ln(classes)
     layers.append({"name": f"fc{depth + 3}", "op": "linear", "out": classes, "connect": "full", "std": 0.01})
     return layers
