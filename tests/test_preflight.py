@@ -83,6 +83,7 @@ def test_bad_input_fails_in_the_parent_naming_key_value_and_fix(sets, tmp_path, 
 
 def test_a_model_ending_without_weights_must_match_the_class_count(sets, tmp_path, no_workers):
     """A classifier with weights takes data.num_classes; a weightless last layer keeps its width."""
+    from splitnet.launchers import choose_launcher
     from splitnet.train.job import run_train
     from tests.training import config
 
@@ -91,7 +92,7 @@ def test_a_model_ending_without_weights_must_match_the_class_count(sets, tmp_pat
     cfg["model"]["layers"].append({"name": "relu8", "op": "relu"})
     with pytest.raises(SplitnetError, match=r"data\.num_classes=10 .* ends in 12 outputs \(layer 'relu8', "
                                             r"without weights\); end the model in a conv or linear layer"):
-        run_train(cfg, tmp_path)
+        run_train(cfg, tmp_path, choose_launcher(cfg))
     assert no_workers == []
 
 
