@@ -38,6 +38,7 @@ def test_a_model_that_ends_without_weights_is_left_as_written():
     assert with_classes(raw | {"layers": raw["layers"][:2]}, 0)["layers"][-1]["out"] == 4  # data refuses 0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_alexnet_trains_on_three_folders_written_by_splitnet_shards(tmp_path, capsys):
     """A new user's path: three class folders, `splitnet shards imagefolder`, then

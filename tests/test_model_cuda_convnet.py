@@ -24,6 +24,7 @@ def test_the_network_is_the_published_cfgs():
     assert spec.num_classes == 10 and spec.layers[-1].op == "linear"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_it_trains_two_steps_on_cifar_shaped_data_over_two_devices(tmp_path):
     out = train(tmp_path, "model=cuda_convnet_18pct", *FAST, "train.max_steps=2", "mesh.devices=2",
