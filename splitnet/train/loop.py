@@ -160,6 +160,7 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
     final: dict[str, Any] = {}
     stop = False
     evaluating = cfg["eval"].get("enabled", True)
+    every = int(cfg["eval"].get("every", 1))
     for epoch in range(first_epoch, tcfg["epochs"]):
         loader = build_loader(cfg["data"], split="train", image_size=spec.input_size,
                               channels=spec.input_channels, batch_size=plan.batch_size,
@@ -202,8 +203,10 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         bar.close()
         complete = taken == total
         skip = 0
-        val = evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"]) if evaluating else {}
-        # without validation only step and constant schedules run (preflight), and they ignore the error
+        # eval.every > 1 skips the scoring of epochs between (the last one is always scored)
+        scoring = evaluating and (stop or (epoch + 1) % every == 0 or epoch + 1 == tcfg["epochs"])
+        val = evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"]) if scoring else {}
+        # an epoch left unscored runs only step and constant schedules (preflight), which ignore the error
         cut = complete and schedule.end_epoch(epoch, 1.0 - val["top1"] if val else math.nan)
         final = {"kind": "epoch", "epoch": epoch, "step": step, **val, "lr": schedule.lr(step), "lr_cut": cut}
         if reporter:
@@ -214,7 +217,7 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
                         board.add_scalar(f"val/{key}", val[key], step)
                 board.flush()
         scores = (f"{scores_text(val)}, val loss {val['val_loss']:.4f}" if val
-                  else "not validated (eval.enabled=false)")
+                  else "not validated (eval.enabled=false)" if not evaluating else "not scored (eval.every)")
         log.info(f"epoch {epoch + 1}: {scores}" + (f"; lr now {schedule.lr(step):.3g}" if cut else ""))
         # an epoch cut short by train.max_steps resumes after its last batch taken
         save(*((epoch + 1, 0) if complete else (epoch, taken)))

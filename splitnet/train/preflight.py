@@ -75,6 +75,12 @@ def check_runtime(cfg: dict[str, Any]) -> None:
         raise SplitnetError("optim.schedule=plateau cuts the lr when the validation error stops improving, "
                             "but eval.enabled=false measures none; use optim.schedule=step (with "
                             "optim.milestones) or optim.schedule=constant")
+    every = ev.get("every", 1)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise SplitnetError(f"eval.every={every!r} must be an integer >= 1 (score every Nth epoch)")
+    if every > 1 and schedule == "plateau":
+        raise SplitnetError(f"eval.every={every} leaves epochs unscored, but optim.schedule=plateau reads the "
+                            "validation error of every epoch; use eval.every=1 or optim.schedule=step/constant")
 
 
 def check_data(cfg: dict[str, Any], spec: ModelSpec, plan: Plan, info: DataInfo) -> None:
