@@ -9,26 +9,35 @@ import pytest
 import yaml
 
 from splitnet.cli import main
-from splitnet.report.sweep import SweepError, collect, expected_overrides, loss_difference, markdown, to_json
+from splitnet.report.sweep import (
+    SweepError,
+    collect,
+    expected_overrides,
+    has_converged,
+    loss_difference,
+    markdown,
+    to_json,
+)
 
 
-def write_run(root: Path, overrides: list[str], epochs: list[tuple[float, float, float]],
+def write_run(root: Path, overrides: list[str], epochs: list[tuple[float, float, float] | None],
               losses: list[list[float]], planned: int = 2, seconds: tuple[str, str] = ("00:00:00", "00:01:30"),
               params: int = 1000, comm: int = 0) -> Path:
-    """A run folder as `splitnet train` leaves it: epochs are (top1, top5, val_loss)."""
+    """A run folder as `splitnet train` leaves it: epochs are (top1, top5, val_loss), None unscored."""
     run = root / ",".join(overrides)
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": planned, "max_steps": 0}}))
     (run / "plan.json").write_text(json.dumps({"totals": {"params": params}}))
     lines, step = [], 0
-    for e, ((top1, top5, val_loss), epoch_losses) in enumerate(zip(epochs, losses, strict=True)):
+    for e, (scores, epoch_losses) in enumerate(zip(epochs, losses, strict=True)):
         for loss in epoch_losses:
             step += 1
             lines.append({"kind": "step", "rank": 0, "step": step, "epoch": e, "loss": loss, "comm_bytes": comm,
                           "images_per_s": 100.0 * step})
             lines.append({"kind": "step", "rank": 1, "step": step, "epoch": e, "comm_bytes": comm})
-        lines.append({"kind": "epoch", "epoch": e, "step": step, "top1": top1, "top5": top5, "val_loss": val_loss})
+        scored = {} if scores is None else dict(zip(("top1", "top5", "val_loss"), scores, strict=True))
+        lines.append({"kind": "epoch", "epoch": e, "step": step, **scored})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (run / "logs").mkdir()
     (run / "logs" / "rank0.log").write_text(f"2026-01-01 {seconds[0]},000 rank 0 start\n"
@@ -82,7 +91,7 @@ def test_runs_are_summarised_and_the_missing_and_unfinished_named(sweep):
     assert s.settings()[1].stats("top1") is None  # its one written run is unfinished: no mean yet
 
     text = markdown(s)
-    assert "| 0.1 | 2 of 2 | 70.0 ± 14.1 |" in text
+    assert "| 0.1 | 2 of 2 | 0 | 70.0 ± 14.1 |" in text  # 2 epochs cannot show convergence
     assert "## Not finished: 2 of 4 runs" in text
     assert "- 3: missing: lr=0.01 seed=1 experiment=toy train.epochs=2" in text
     assert "incomplete (1 epochs so far)" in text
@@ -143,3 +152,37 @@ def test_bad_folders_and_options_are_refused(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "colour=red"]) == 2
     assert "unknown option(s) ['colour']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("losses", "expected"), [
+    ([2.0] * 5 + [1.0] * 5, False),             # halved: still falling
+    ([1.0] * 5 + [0.985] * 5, True),            # 1.5% lower: within 2%
+    ([1.0] * 5 + [0.975] * 5, False),           # 2.5% lower
+    ([0.2] * 5 + [0.191] * 5, True),            # 4.5% lower but 0.009 nats: at the floor
+    ([0.5] * 5 + [0.6] * 5, True),              # rising: not falling
+    ([3.0] + [1.0] * 5 + [0.985] * 5, True),    # only the last ten epochs count
+    ([1.0] * 9, False),                         # fewer than 10 epochs cannot show it
+])
+def test_convergence_compares_the_last_five_epochs_with_the_five_before(losses, expected):
+    assert has_converged(losses) is expected
+
+
+def test_report_marks_convergence_final_training_loss_and_best_beside_final(tmp_path):
+    flat = [[1.0, 1.0]] * 5 + [[0.99, 0.99]] * 5
+    falling = [[2.0 - 0.1 * e] * 2 for e in range(10)]
+    scores = [None] * 4 + [(0.9, 1.0, 0.5)] + [None] * 4 + [(0.8, 1.0, 0.6)]  # eval.every=5
+    write_run(tmp_path, ["seed=0"], scores, flat, planned=10)
+    write_run(tmp_path, ["seed=1"], scores, falling, planned=10)
+    write_run(tmp_path, ["seed=2"], scores[:5], flat[:5], planned=10)  # stopped half way
+    s = collect(tmp_path)
+    assert [r.converged for r in s.runs] == [True, False, False]
+    first = s.runs[0]
+    assert (first.value("top1"), first.value("best_top1")) == (0.8, 0.9)  # the best epoch beside the final
+    assert first.value("train_loss") == pytest.approx(0.99)
+    assert first.value("gap") == pytest.approx(0.99 - 0.6)
+    runs = to_json(s)["runs"]
+    assert [(r["converged"], r["final_train_loss"]) for r in runs] == \
+        [(True, pytest.approx(0.99)), (False, pytest.approx(1.1)), (False, pytest.approx(1.0))]
+    text = markdown(s)
+    assert "| 0 | done | 10 | 80.0 | 90.0 | 100.0 | 100.0 | 0.390 | 0.990 | yes |" in text
+    assert "| 1 | done | 10 | 80.0 | 90.0 | 100.0 | 100.0 | 0.500 | 1.100 | no |" in text

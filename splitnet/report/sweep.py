@@ -8,11 +8,14 @@ or partly failed is reported as it stands: finished runs, incomplete runs (runni
 stopped) and missing runs (no metrics yet), each named by its overrides.
 
 Per run: the overrides that differ between runs, final and best held-out top-1/top-5,
-the train-minus-validation loss gap at the last epoch (the training loss is the mean
-of that epoch's step losses, dropout and augmentation on, as the loop measured it),
-epochs, wall time (first to last line of the rank logs), median images/s, parameters and
-bytes exchanged per step. Runs that differ only in ``seed`` form a setting, reported as
-mean and sample standard deviation over its seeds. Reads files only; starts nothing.
+the train-minus-validation loss gap at the last scored epoch (the training loss is the
+mean of that epoch's step losses, dropout and augmentation on, as the loop measured it),
+the final training loss and whether the run converged (``converged``: the mean training
+loss of its last ``WINDOW`` epochs is no lower than that of the ``WINDOW`` before by more
+than ``REL_TOL`` of it, or ``ABS_TOL`` near the floor), epochs, wall time (first to last
+line of the rank logs), median images/s, parameters and bytes exchanged per step. Runs
+that differ only in ``seed`` form a setting, reported as mean and sample standard deviation
+over its seeds. Reads files only; starts nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ import yaml
 from splitnet.errors import SplitnetError
 
 SEED = "seed"
+# Convergence: the training loss has stopped falling. Mean of the last WINDOW epochs against
+# the WINDOW before; a fall of at most REL_TOL of it (or ABS_TOL, for losses near zero, where
+# 2% is round-off) counts as stopped. Fixed before the runs were made (issue 19).
+WINDOW = 5
+REL_TOL = 0.02
+ABS_TOL = 0.01
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
@@ -58,20 +67,48 @@ class Run:
     params: int | None = None
     bytes_per_step: float | None = None
 
+    @property
+    def scored(self) -> list[dict[str, Any]]:
+        """The epochs that were evaluated (eval.every > 1 leaves the others without scores)."""
+        return [e for e in self.epochs if "top1" in e]
+
+    @property
+    def converged(self) -> bool:
+        """A finished run whose training loss has stopped falling (see WINDOW, REL_TOL, ABS_TOL)."""
+        return self.status == "done" and has_converged(self.train_loss)
+
     def value(self, key: str) -> float | None:
-        """A summary number by name: top1, top5 (final), best_top1, best_top5, gap, epochs, ..."""
+        """A summary number by name: top1, top5 (final), best_top1, best_top5, gap, train_loss, epochs, ..."""
         if not self.epochs:
             return None
-        last = self.epochs[-1]
+        scored = self.scored
+        last = scored[-1] if scored else {}
         if key in ("top1", "top5", "val_loss"):
-            return last[key]
+            return last.get(key)
         if key in ("best_top1", "best_top5"):
-            return max(e[key[5:]] for e in self.epochs)
+            return max((e[key[5:]] for e in scored), default=None)
+        if key == "train_loss":
+            return self.train_loss[-1] if self.train_loss else None
         if key == "gap":
-            return self.train_loss[-1] - last["val_loss"] if self.train_loss else None
+            # the training loss of the epoch that was last scored, against its validation loss
+            if not last or not self.train_loss:
+                return None
+            return self.train_loss[self.epochs.index(last)] - last["val_loss"]
         if key == "epochs":
             return float(len(self.epochs))
         return getattr(self, key)
+
+
+def has_converged(train_loss: list[float], window: int = WINDOW, rel_tol: float = REL_TOL,
+              abs_tol: float = ABS_TOL) -> bool:
+    """True when the mean of the last ``window`` epoch losses is not below the mean of the
+    ``window`` before by more than ``max(rel_tol * that mean, abs_tol)``. Fewer than
+    ``2 * window`` epochs cannot show it: False."""
+    if len(train_loss) < 2 * window or any(math.isnan(v) for v in train_loss[-2 * window:]):
+        return False
+    last = statistics.fmean(train_loss[-window:])
+    before = statistics.fmean(train_loss[-2 * window:-window])
+    return before - last <= max(rel_tol * before, abs_tol)
 
 
 @dataclass
@@ -296,20 +333,23 @@ def markdown(sweep: Sweep) -> str:
     diff = loss_difference(sweep)
     any_bytes = any(r.bytes_per_step for r in sweep.runs)
     header = ["run", *sweep.varied, "status", "epochs", "top-1 % final", "top-1 % best", "top-5 % final",
-              "top-5 % best", "loss gap", "wall s", "img/s", "params", *(["MB/step"] if any_bytes else []),
-              "Δloss"]
+              "top-5 % best", "loss gap", "train loss final", "converged", "wall s", "img/s", "params",
+              *(["MB/step"] if any_bytes else []), "Δloss"]
     rows = []
     for r in sweep.runs:
         rows.append([r.name, *(r.overrides.get(k, "") for k in sweep.varied), r.status,
                      _num(r.value("epochs"), ".0f"), _pct(r.value("top1")), _pct(r.value("best_top1")),
                      _pct(r.value("top5")), _pct(r.value("best_top5")), _num(r.value("gap")),
+                     _num(r.value("train_loss")), ("yes" if r.converged else "no") if r.status == "done" else "",
                      _num(r.wall_s, ".0f"), _num(r.images_per_s, ".0f"),
                      "" if r.params is None else f"{r.params:,}",
                      *([_num((r.bytes_per_step or 0) / 1e6, ".2f")] if any_bytes else []),
                      "" if diff[r.name] is None else f"{diff[r.name]:.1e}"])
     out = [f"# Sweep {sweep.root}", "", _table(header, rows), "",
            "top-1/top-5: held-out accuracy; loss gap: training loss (mean over the last epoch's steps) minus "
-           "validation loss; wall s: first to last log line; img/s: median training throughput; MB/step: bytes "
+           "validation loss; converged: the training loss stopped falling (mean of the last "
+           f"{WINDOW} epochs within {REL_TOL:.0%} or {ABS_TOL} of the {WINDOW} before); wall s: first to last "
+           "log line; img/s: median training throughput; MB/step: bytes "
            "every rank received per step, summed; Δloss: largest per-step training-loss difference from the "
            "first run with the same seed (0 or round-off: the same network was trained)."]
     settings = sweep.settings()
@@ -317,14 +357,15 @@ def markdown(sweep: Sweep) -> str:
         srows = []
         for s in settings:
             done = sum(r.status == "done" for r in s.runs)
+            conv = sum(r.converged for r in s.runs)
             wall = s.stats("wall_s")
             speed = s.stats("images_per_s")
-            srows.append([*(s.overrides[k] for k in sweep.factors), f"{done} of {len(s.runs)}",
+            srows.append([*(s.overrides[k] for k in sweep.factors), f"{done} of {len(s.runs)}", str(conv),
                           _mean_std(s.stats("top1")), _mean_std(s.stats("best_top1")), _mean_std(s.stats("top5")),
                           _mean_std(s.stats("gap"), 1.0, ".3f"), _mean_std(wall, 1.0, ".0f"),
                           _mean_std(speed, 1.0, ".0f")])
         out += ["", "## Settings (mean ± sample std over seeds)", "",
-                _table([*sweep.factors, "seeds done", "top-1 % final", "top-1 % best", "top-5 % final",
+                _table([*sweep.factors, "seeds done", "converged", "top-1 % final", "top-1 % best", "top-5 % final",
                         "loss gap", "wall s", "img/s"], srows)]
     missing = [r for r in sweep.runs if r.status != "done"]
     if missing:
@@ -341,10 +382,13 @@ def to_json(sweep: Sweep) -> dict[str, Any]:
         d = asdict(r)
         d.pop("step_loss")
         d.update({k: r.value(k) for k in ("top1", "top5", "best_top1", "best_top5", "gap")})
+        d.update(converged=r.converged, final_train_loss=r.value("train_loss"))
         d["loss_difference"] = diff[r.name]
         runs.append(d)
     settings = [{"overrides": s.overrides, "runs": [r.name for r in s.runs],
-                 **{k: s.stats(k) for k in ("top1", "best_top1", "top5", "best_top5", "gap", "wall_s", "images_per_s")}}
+                 "converged": sum(r.converged for r in s.runs),
+                 **{k: s.stats(k) for k in ("top1", "best_top1", "top5", "best_top5", "gap", "train_loss", "wall_s",
+                                            "images_per_s")}}
                 for s in sweep.settings()]
     return {"root": str(sweep.root), "varied": sweep.varied, "runs": runs, "settings": settings,
             "missing": [r.name for r in sweep.runs if r.status == "missing"],
