@@ -223,3 +223,37 @@ def test_experiment_configs_name_their_command():
     for name in EXPERIMENTS:
         text = Path(CONF / "experiment" / f"{name}.yaml").read_text()
         assert f"splitnet train -m +experiment={name}" in text
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_fixes_its_schedule_and_budget(name):
+    """The default schedule may change; an experiment's numbers must not change with it."""
+    raw = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
+    assert raw["optim"]["schedule"] == "step" and raw["optim"]["milestones"], name
+    assert "warmup_steps" in raw["optim"] and raw["train"]["epochs"] >= 2 * 5, name  # 10 epochs show convergence
+    seeds = sweep_params(name).get("seed", ["0"])
+    assert len(seeds) >= (1 if name == "strategies" else 3), name
+
+
+def test_eval_every_scores_every_nth_epoch_and_the_last(tmp_path, one_rank_in_process):
+    import json
+
+    from splitnet.train.job import run_train
+
+    cfg = compose_cfg("+experiment=augment", *TINY, "train.epochs=5", "train.max_steps=0", "eval.every=2")
+    run_train(cfg, tmp_path)
+    epochs = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3, 4]
+    assert ["top1" in e for e in epochs] == [False, True, False, True, True]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["eval.every=2", "optim.schedule=plateau"], "optim.schedule=plateau reads the validation error of every epoch"),
+    (["eval.every=0"], r"eval.every=0 must be an integer >= 1"),
+])
+def test_eval_every_is_checked(tmp_path, overrides, message):
+    from splitnet.train.job import run_train
+
+    with pytest.raises(SplitnetError, match=message):
+        run_train(compose_cfg("+experiment=augment", *TINY, *overrides), tmp_path)
