@@ -186,3 +186,24 @@ def test_report_marks_convergence_final_training_loss_and_best_beside_final(tmp_
     text = markdown(s)
     assert "| 0 | done | 10 | 80.0 | 90.0 | 100.0 | 100.0 | 0.390 | 0.990 | yes |" in text
     assert "| 1 | done | 10 | 80.0 | 90.0 | 100.0 | 100.0 | 0.500 | 1.100 | no |" in text
+
+
+def test_a_two_factor_sweep_gets_a_grid_with_the_best_row_per_column_and_the_gain_per_row(tmp_path):
+    # depth x data: the deep net is worse on little data, better on much
+    top1 = {("2", "0.1"): (0.60, 0.62), ("2", "1.0"): (0.70, 0.72), ("6", "0.1"): (0.50, 0.50),
+            ("6", "1.0"): (0.90, 0.80)}
+    for (depth, fraction), accs in top1.items():
+        for seed, acc in enumerate(accs):
+            write_run(tmp_path, [f"depth={depth}", f"fraction={fraction}", f"seed={seed}"], [(acc, 1.0, 0.5)],
+                      [[1.0]], planned=1)
+    text = markdown(collect(tmp_path))
+    assert "| depth \\ fraction | 0.1 | 1.0 | gain 0.1 -> 1.0 |" in text
+    assert "| 2 | 61.0 ± 1.4 | 71.0 ± 1.4 | +10.0 |" in text
+    assert "| 6 | 50.0 ± 0.0 | 85.0 ± 7.1 | +35.0 |" in text
+    assert "| best depth | 2 | 6 |  |" in text
+
+
+def test_curves_are_drawn_from_the_scored_epochs_only(tmp_path):
+    write_run(tmp_path / "runs", ["seed=0"], [None, (0.5, 0.9, 1.0), None, (0.7, 0.9, 0.8)], [[2.0]] * 4, planned=4)
+    assert main(["report", str(tmp_path / "runs"), f"out={tmp_path / 'out'}"]) == 0
+    assert (tmp_path / "out" / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -23,8 +23,12 @@ def _by_epoch(setting: Setting, series: str) -> tuple[list[int], list[float], li
     values: dict[int, list[float]] = {}
     for run in setting.runs:
         for i, e in enumerate(run.epochs):
-            v = {"error": 100 * (1 - e["top1"]), "val_loss": e["val_loss"],
-                 "train_loss": run.train_loss[i] if i < len(run.train_loss) else None}[series]
+            if series == "train_loss":
+                v = run.train_loss[i] if i < len(run.train_loss) else None
+            elif "top1" not in e:  # an epoch left unscored (eval.every)
+                continue
+            else:
+                v = 100 * (1 - e["top1"]) if series == "error" else e["val_loss"]
             if v is not None and v == v:
                 values.setdefault(e["epoch"] + 1, []).append(v)
     xs = sorted(values)

@@ -367,12 +367,41 @@ def markdown(sweep: Sweep) -> str:
         out += ["", "## Settings (mean ± sample std over seeds)", "",
                 _table([*sweep.factors, "seeds done", "converged", "top-1 % final", "top-1 % best", "top-5 % final",
                         "loss gap", "wall s", "img/s"], srows)]
+    if len(sweep.factors) == 2:
+        out += ["", grid(sweep)]
     missing = [r for r in sweep.runs if r.status != "done"]
     if missing:
         out += ["", f"## Not finished: {len(missing)} of {len(sweep.runs)} runs", ""]
         out += [f"- {r.name}: {r.status}" + (f" ({len(r.epochs)} epochs so far)" if r.epochs else "") + ": "
                 + " ".join(f"{k}={v}" for k, v in r.overrides.items()) for r in missing]
     return "\n".join(out) + "\n"
+
+
+def grid(sweep: Sweep) -> str:
+    """A two-factor sweep as a grid of final top-1 (mean ± std over seeds, finished runs),
+    with the best row of every column and the gain of every row from its first column to
+    its last (for depth x data: the best depth per data size, the gain of a depth from data)."""
+    rows_key, cols_key = sweep.factors
+    cells = {(s.overrides[rows_key], s.overrides[cols_key]): s for s in sweep.settings()}
+    rows = list(dict.fromkeys(k[0] for k in cells))
+    cols = list(dict.fromkeys(k[1] for k in cells))
+
+    def mean(r: str, c: str) -> float | None:
+        stats = cells[(r, c)].stats("top1") if (r, c) in cells else None
+        return None if stats is None else stats[0]
+
+    body = []
+    for r in rows:
+        first, last = mean(r, cols[0]), mean(r, cols[-1])
+        gain = "" if first is None or last is None else f"{100 * (last - first):+.1f}"
+        body.append([r, *(_mean_std(cells[(r, c)].stats("top1")) if (r, c) in cells else "" for c in cols), gain])
+    best = []
+    for c in cols:
+        known = [(mean(r, c), r) for r in rows if mean(r, c) is not None]
+        best.append(max(known)[1] if known else "")
+    body.append([f"best {rows_key}", *best, ""])
+    return "\n".join([f"## Final top-1 %: {rows_key} x {cols_key} (mean ± std over seeds)", "",
+                      _table([f"{rows_key} \\ {cols_key}", *cols, f"gain {cols[0]} -> {cols[-1]}"], body)])
 
 
 def to_json(sweep: Sweep) -> dict[str, Any]:
