@@ -100,3 +100,15 @@ def test_every_claim_is_written_and_an_absent_sweep_is_not_measured(tmp_path):
     assert verdicts[0]["verdict"] == "reproduced" and verdicts[0]["effect"] == pytest.approx(11.0)
     assert all(v["verdict"] == "not measured" for v in verdicts[1:])
     assert judge_all(tmp_path)[0] == verdicts[0]
+
+
+def test_the_suite_runs_every_sweep_and_every_claim_names_one():
+    from tests.conftest import CONF
+
+    sweeps = {p.stem for p in (CONF / "experiment").glob("*.yaml")} - {"alexnet_imagenet"}
+    script = (CONF.parent / "docs" / "experiments" / "run_all.sh").read_text()
+    listed = script.split("SWEEPS:-", 1)[1].split("}", 1)[0].split()
+    assert sorted(listed) == sorted(sweeps)
+    assert "python -m splitnet.report.verdict" in script
+    assert {c.sweep for c in CLAIMS} <= sweeps
+    assert all(c.command == f"splitnet train -m +experiment={c.sweep}" for c in CLAIMS)
