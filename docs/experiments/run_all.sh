@@ -15,7 +15,7 @@ shift || true
 reports=${REPORTS:-$runs/reports}
 for name in ${SWEEPS:-augment dropout towers lrn_pool test_crops strategies depth_data}; do
     echo "== $name ($(date -u +%H:%M:%S))"
-    splitnet train -m "+experiment=$name" launcher.threads=1 train.resume=auto "hydra.sweep.dir=$runs/$name" \
+    splitnet train -m "+experiment=$name" launcher.threads=1 "hydra.sweep.dir=$runs/$name" \
         'hydra.sweep.subdir=${hydra.job.override_dirname}' "$@"
     splitnet report "$runs/$name" "out=$reports/$name"
 done
