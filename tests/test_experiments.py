@@ -238,10 +238,11 @@ def test_every_experiment_fixes_its_schedule_and_budget(name):
 def test_eval_every_scores_every_nth_epoch_and_the_last(tmp_path, one_rank_in_process):
     import json
 
+    from splitnet.launchers import choose_launcher
     from splitnet.train.job import run_train
 
     cfg = compose_cfg("+experiment=augment", *TINY, "train.epochs=5", "train.max_steps=0", "eval.every=2")
-    run_train(cfg, tmp_path)
+    run_train(cfg, tmp_path, choose_launcher(cfg))
     epochs = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [0, 1, 2, 3, 4]
@@ -253,7 +254,9 @@ def test_eval_every_scores_every_nth_epoch_and_the_last(tmp_path, one_rank_in_pr
     (["eval.every=0"], r"eval.every=0 must be an integer >= 1"),
 ])
 def test_eval_every_is_checked(tmp_path, overrides, message):
+    from splitnet.launchers import choose_launcher
     from splitnet.train.job import run_train
 
+    cfg = compose_cfg("+experiment=augment", *TINY, *overrides)
     with pytest.raises(SplitnetError, match=message):
-        run_train(compose_cfg("+experiment=augment", *TINY, *overrides), tmp_path)
+        run_train(cfg, tmp_path, choose_launcher(cfg))
