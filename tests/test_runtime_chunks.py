@@ -33,6 +33,7 @@ class RecordingTransport:
 
     def __init__(self, mp_rank: int) -> None:
         self.mp_rank, self.device, self.meter = mp_rank, torch.device("cpu"), Meter()
+        self.dtype = torch.float32
         self.log: list[tuple[str, str, str, int]] = []
 
     def _pending(self, layer: str, direction: str, lane: int, result: Any) -> Pending:

@@ -142,7 +142,7 @@ class AllReduce(_Collective):
     def start(self, x: torch.Tensor, lane: int) -> Pending:
         t, link = self.link.transport, self.link
         with record_function(f"splitnet.exchange:{link.layer}"):  # the sum's buffer is an exchange buffer
-            summed = x.clone()
+            summed = x.to(t.dtype, copy=True)
         work = t.start_all_reduce(summed, t.group(link.ranks, lane), len(link.ranks), link.layer, "fwd", lane)
         return Pending(work, link.layer, "all_reduce", lambda: summed)
 
@@ -174,7 +174,7 @@ class Halo(ExchangeOp):
         outgoing = [(dst, x[:, a - o0:b - o0]) for dst, (a, b) in self.sends]
         incoming = [(src, (x.shape[0], b - a, *x.shape[2:])) for src, (a, b) in self.recvs]
         return x, self.transport.start_swap(outgoing, incoming, 2 * self.tag, self.layer, "fwd", lane=lane,
-                                            dtype=x.dtype)
+                                            dtype=self.transport.dtype)
 
     def finish(self, state: tuple[torch.Tensor, Any]) -> torch.Tensor:
         x, swap = state
@@ -189,7 +189,7 @@ class Halo(ExchangeOp):
         outgoing = [(src, grad[:, a - lo:b - lo]) for src, (a, b) in self.recvs]
         incoming = [(dst, (grad.shape[0], b - a, *grad.shape[2:])) for dst, (a, b) in self.sends]
         return grad, self.transport.start_swap(outgoing, incoming, 2 * self.tag + 1, self.layer, "bwd", lane=lane,
-                                               dtype=grad.dtype)
+                                               dtype=self.transport.dtype)
 
     def finish_back(self, state: tuple[torch.Tensor, Any]) -> torch.Tensor:
         grad, swap = state

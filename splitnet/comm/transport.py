@@ -46,6 +46,10 @@ from splitnet.partition.groups import communicators, process_groups
 from splitnet.partition.mesh import Mesh
 from splitnet.partition.plan import Plan
 
+# The plan's bytes per activation -> the dtype forward computes in (bf16: under autocast) and
+# the exchanges carry
+COMPUTE_DTYPES = {4: torch.float32, 2: torch.bfloat16}
+
 
 class StalledExchange(SplitnetError, RuntimeError):
     pass
@@ -95,10 +99,12 @@ def _default_device() -> torch.device:
 
 class Transport:
     def __init__(self, plan: Plan, rank: int, device: torch.device | None = None,
-                 timeout_s: float = 300.0, nccl_rules: bool = False, max_communicators: int = 16,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 timeout_s: float = 300.0, nccl_rules: bool = False, max_communicators: int = 16) -> None:
         self.mesh = Mesh(plan.devices, plan.replicas)
-        self.dtype = dtype  # what the exchanges carry: the compute dtype
+        if plan.dtype_bytes not in COMPUTE_DTYPES:
+            raise SplitnetError(f"the plan's dtype_bytes={plan.dtype_bytes}: the runtime computes in float32 (4) "
+                                "or bf16 (2, train.precision=bf16)")
+        self.dtype = COMPUTE_DTYPES[plan.dtype_bytes]  # what the exchanges carry: the compute dtype
         nccl = dist.is_initialized() and dist.get_backend() == "nccl"
         self.nccl_rules = nccl_rules or nccl
         self._emulate = nccl_rules and not nccl  # gloo made to behave as NCCL does
@@ -226,7 +232,7 @@ class Transport:
         ``dim`` where they differ; every part then travels padded to the largest."""
         k = len(mp_ranks)
         with record_function(f"splitnet.exchange:{layer}"):
-            x = x.contiguous()
+            x = x.to(self.dtype).contiguous()  # exchanges carry the compute dtype (autocast leaves some ops fp32)
             uneven = sizes is not None and len(set(sizes)) > 1
             if uneven:
                 x = _pad(x, dim, max(sizes))  # type: ignore[arg-type]
@@ -246,6 +252,7 @@ class Transport:
         wide where the parts differ, each padded to the largest for the collective)."""
         k = len(mp_ranks)
         with record_function(f"splitnet.exchange:{layer}"):
+            x = x.to(self.dtype)
             if sizes is not None and len(set(sizes)) > 1:
                 widest = max(sizes)
                 parts = [_pad(p, dim, widest) for p in x.split(list(sizes), dim=dim)]
@@ -296,21 +303,23 @@ class Transport:
     def send(self, x: torch.Tensor, mp_dst: int, tag: int, layer: str = "send") -> Any:
         """Start sending; the receiver meters the bytes. Returns the work to wait on later."""
         dst = self.global_rank(mp_dst)
+        x = x.to(self.dtype) if x.is_floating_point() else x  # what the receiver's buffer holds
         work = dist.isend(x.contiguous(), dst=dst, group=self._lane(0, layer), tag=self._tag(tag))
         return self._issue(work, ("send", self.rank, dst, tag))
 
     def start_swap(self, outgoing: list[tuple[int, torch.Tensor]], incoming: list[tuple[int, tuple[int, ...]]],
                    tag: int, layer: str, direction: str, *, lane: int, dtype: torch.dtype) -> Pending:
-        """Send each (rank, tensor) and receive each (rank, shape) of ``dtype`` (the sender's:
-        bf16 halves the bytes), as one batch of point-to-point transfers in ``lane``'s group;
-        completing it gives the received tensors in ``incoming``'s order. NCCL runs a batch as
-        one group and returns one work for it, so two ranks that send to each other at once
-        cannot wait on each other (one by one, each rank's send would queue before its receive).
-        Transfers between two ranks pair by their order in the batch, the same on both sides."""
+        """Send each (rank, tensor) and receive each (rank, shape), all in ``dtype`` (the sender
+        sends it, the receiver's buffers take it; bf16 halves the bytes), as one batch of
+        point-to-point transfers in ``lane``'s group; completing it gives the received tensors
+        in ``incoming``'s order. NCCL runs a batch as one group and returns one work for it, so
+        two ranks that send to each other at once cannot wait on each other (one by one, each
+        rank's send would queue before its receive). Transfers between two ranks pair by their
+        order in the batch, the same on both sides."""
         group = self._lane(lane, layer)
         with record_function(f"splitnet.exchange:{layer}"):
             got = [torch.empty(shape, dtype=dtype, device=self.device) for _, shape in incoming]
-            ops = [dist.P2POp(dist.isend, x.contiguous(), self.global_rank(dst), group, self._tag(tag))
+            ops = [dist.P2POp(dist.isend, x.to(dtype).contiguous(), self.global_rank(dst), group, self._tag(tag))
                    for dst, x in outgoing]
             ops += [dist.P2POp(dist.irecv, buf, self.global_rank(src), group, self._tag(tag))
                     for (src, _), buf in zip(incoming, got, strict=True)]
