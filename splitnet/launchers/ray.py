@@ -70,8 +70,10 @@ def connect(launcher: dict[str, Any]) -> bool:
     """Connect this driver to Ray; True if this call started or joined (and so must shut down)."""
     address = launcher.get("address")
     if address is None and "ray" not in sys.modules:
-        # Ray reads this when imported: its node address becomes 127.0.0.1 and every Ray
-        # process of the local instance listens on loopback only.
+        # Ray reads this when imported, and the processes it starts inherit it: the node
+        # address becomes 127.0.0.1 and every Ray process of the local instance, the rank
+        # actors included, listens on loopback only (Ray has no authentication by default).
+        # A driver that imported ray before (a notebook, a test) keeps what it chose.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address not in (None, "auto"):
         _check_reachable(str(address), float(launcher["connect_timeout_s"]))
@@ -197,10 +199,10 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any], *,
            restart: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[Any]:
     """Run ``job(rank, world_size, cfg)`` on Ray actors; return their results by rank.
     ``restart``: the config all ranks start again with after one failed."""
+    launcher = cfg["launcher"]
+    started = connect(launcher)  # first: it must set Ray's environment before anything imports ray
     import ray
 
-    launcher = cfg["launcher"]
-    started = connect(launcher)
     try:
         failures = 0
         while True:
