@@ -45,6 +45,7 @@ def swap_lanes_crossed(rank: int, world: int, cfg: dict[str, Any]) -> list[torch
     return [transport.complete(started[lane])[0] for lane in (0, 1)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_each_lane_pairs_its_own_transfers_without_tags_in_the_senders_dtype(dtype):
     """Lane order differs between the ranks and no tag tells lanes apart: only a process group
@@ -69,6 +70,7 @@ def one_sided_halo(rank: int, world: int, cfg: dict[str, Any]) -> list[torch.Ten
     return transport.complete(swap)
 
 
+@pytest.mark.slow
 def test_a_rank_that_sends_and_receives_completes_one_work_for_its_whole_batch():
     results = launch(one_sided_halo, 3, {"plan": _plan(devices=3, chunks=1).to_dict()}, timeout_s=60)
     assert [[float(t[0, 0]) for t in got] for got in results] == [[1.0], [0.0, 2.0], [1.0]]
@@ -84,6 +86,7 @@ def stall_on_receive(rank: int, world: int, cfg: dict[str, Any]) -> None:
         dist.barrier()  # never joined by rank 1: rank 1's failure ends the job
 
 
+@pytest.mark.slow
 def test_a_stall_is_caught_by_the_groups_timeout_and_names_rank_layer_and_collective():
     cfg = {"plan": _plan(chunks=1).to_dict(), "timeout_s": 2}
     with pytest.raises(WorkerFailed) as failed:
@@ -100,6 +103,7 @@ def p2p_before_collective(rank: int, world: int, cfg: dict[str, Any]) -> None:
                          dtype=torch.float32)
 
 
+@pytest.mark.slow
 def test_point_to_point_before_any_collective_in_its_group_is_refused():
     with pytest.raises(WorkerFailed, match="point-to-point at layer 'norm1' in a process group that has run "
                                            "no collective yet"):
@@ -124,6 +128,7 @@ def too_many_lanes(rank: int, world: int, cfg: dict[str, Any]) -> None:
     Transport(Plan.from_dict(cfg["plan"]), rank, timeout_s=20, nccl_rules=True, max_communicators=8)
 
 
+@pytest.mark.slow
 def test_more_communicators_than_the_bound_are_refused_naming_the_fix():
     plan = _plan(devices=2, chunks=8)
     assert communicators(plan, 0) == 9  # 8 lanes of the two devices' group, and the default group

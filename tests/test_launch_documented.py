@@ -91,6 +91,7 @@ def _steps(run_dir: Path) -> list[int]:
     return [line["step"] for line in lines if "loss" in line and "step" in line]
 
 
+@pytest.mark.cluster
 @pytest.mark.timeout(400)
 def test_torchrun_sh_on_two_nodes_trains_as_written(tmp_path):
     with loopback_rendezvous("two-nodes") as rendezvous:
@@ -108,6 +109,7 @@ def test_torchrun_sh_on_two_nodes_trains_as_written(tmp_path):
     assert _steps(tmp_path / "runs" / "torchrun-job42") == [1, 2]
 
 
+@pytest.mark.cluster
 @pytest.mark.timeout(400)
 def test_the_slurm_script_trains_under_a_faked_slurm_as_written(tmp_path):
     slurm = {"SLURM_JOB_ID": "777", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_NNODES": "2",
@@ -125,6 +127,7 @@ def test_the_slurm_script_trains_under_a_faked_slurm_as_written(tmp_path):
     assert _steps(tmp_path / "runs" / "slurm-777") == [1, 2]
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_check_its_gpus_allow_and_ends_with_one_json_summary(tmp_path):
     """Checks that fail do not stop the script: with stand-ins where `splitnet verify` fails and
     nothing trains, every 2-GPU check still runs, and the last line sums them up."""

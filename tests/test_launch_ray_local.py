@@ -77,6 +77,7 @@ def _sockets(pid: int) -> set[int]:
     return inodes
 
 
+@pytest.mark.cluster
 @pytest.mark.timeout(400)
 def test_a_local_ray_run_listens_on_loopback_only_without_anything_exported(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}

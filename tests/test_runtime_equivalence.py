@@ -130,10 +130,12 @@ def _nccl_rules(cfg: dict) -> dict:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("cfg", "must_talk"), [pytest.param(_nccl_rules(case.values[0]), case.values[1], id=case.id)
                                                 for case in CASES if case.id in UNDER_NCCL_RULES])
+@pytest.mark.slow
 def test_split_equals_reference_under_nccls_rules(cfg, must_talk):
     test_split_equals_reference(cfg, must_talk)
 
 
+@pytest.mark.slow
 def test_1f1b_is_refused_under_nccls_rules_as_on_nccl():
     cfg = _nccl_rules(verify_cfg(partition="pipeline", devices=2, microbatches=4, schedule="1f1b"))
     with pytest.raises(WorkerFailed, match="partition.schedule=1f1b runs on gloo only for now"):

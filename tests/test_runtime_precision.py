@@ -42,6 +42,7 @@ def _bf16(cfg: dict) -> dict:
     pytest.param(_bf16(verify_cfg(partition="pipeline", devices=2, microbatches=2)), id="pipeline-D2-M2"),
     pytest.param(_bf16(verify_cfg(partition="hybrid", devices=2, exchange="gather")), id="hybrid-D2"),
 ])
+@pytest.mark.slow
 def test_the_bf16_split_equals_the_bf16_reference_moving_half_the_bytes(cfg):
     report = run_verify(cfg)
     assert report["ok"], report
@@ -70,6 +71,7 @@ def _steps(run_dir) -> list[dict]:
     return [r for r in lines if r["kind"] == "step"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_bf16_and_channels_last_train(tmp_path):
     job = ["data=synthetic", "data.num_classes=10", "data.train_batches=2", "data.val_batches=1", "batch_size=16",

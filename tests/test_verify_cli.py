@@ -60,6 +60,7 @@ def test_a_user_spec_from_config_dir_makes_four_devices_valid(tmp_path, capsys):
     assert [s["out_channels"] for s in fc8["shards"]] == [[0, 3], [3, 6], [6, 9], [9, 12]]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_a_halo_in_chunks_over_three_devices_passes_under_nccls_rules(capsys):
     """The check docs/launchers.md gives before taking a split to GPUs: the middle rank both
