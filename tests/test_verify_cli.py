@@ -70,4 +70,4 @@ def test_a_halo_in_chunks_over_three_devices_passes_under_nccls_rules(capsys):
     out = capsys.readouterr().out
     norm1 = next(line.split() for line in out.splitlines() if line.startswith("norm1"))
     assert norm1[1] == norm1[2] != "0"  # the halo moved what the plan says, and moved something
-    assert out.rstrip().endswith("OK: the split equals the reference and moves exactly what the plan says")
+    assert out.rstrip().splitlines()[-1].startswith("OK: the split equals the reference")
