@@ -3,9 +3,11 @@
 #   RAY_ADDRESS=http://HEAD:8265 launch/ray-job.sh model=alexnet data=imagenet mesh.replicas=4 mesh.devices=2
 # The job's driver runs on the head and joins the cluster (launcher.address=auto); each
 # replica's ranks are placed on one node. The run folder must be on storage every node reaches.
+# An autoscaling cluster may have no GPU node yet: the job waits up to placement_timeout_s
+# (15 minutes here, enough to boot one) for the nodes its replicas need.
 set -euo pipefail
 
 : "${RAY_ADDRESS:?set RAY_ADDRESS=http://HEAD:8265 (the dashboard of the cluster)}"
 exec ray job submit --address "$RAY_ADDRESS" -- \
-    splitnet train launcher=ray launcher.address=auto launcher.max_failures=3 \
+    splitnet train launcher=ray launcher.address=auto launcher.max_failures=3 launcher.placement_timeout_s=900 \
     train.run_dir="/shared/runs/ray-$(date +%Y%m%d-%H%M%S)" "$@"

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from splitnet.model.spec import ModelSpec
+from splitnet.partition.groups import communicators
 from splitnet.partition.plan import Exchange, Placement, Plan
 from splitnet.units import human
 
@@ -67,6 +68,11 @@ def _exchange(ex: Exchange | None) -> tuple[str, str, str]:
     return what, human(round(ex.bytes_fwd), "B"), human(round(ex.bytes_bwd), "B")
 
 
+def _communicators(plan: Plan) -> str:
+    counts = sorted({communicators(plan, r) for r in range(plan.devices)})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+
+
 def plan_table(plan: Plan) -> str:
     head = (f"{plan.model}: {plan.strategy} over {plan.devices} device(s) x {plan.replicas} replica(s), "
             f"batch {plan.batch_size} per replica"
@@ -87,7 +93,8 @@ def plan_table(plan: Plan) -> str:
     devices = table(["rank", "params", "param bytes", "memory", "of it activations", "FLOPs/step",
                      "bytes in/step"], dev_rows, right=(1, 2, 3, 4, 5, 6))
     totals = (f"totals: {plan.model_params:,} model parameters, {human(plan.total_exchange_bytes, 'B')} "
-              "received per step by the devices of one replica (bytes in: ring accounting, per device)")
+              "received per step by the devices of one replica (bytes in: ring accounting, per device); "
+              f"process groups (NCCL communicators) per rank: {_communicators(plan)}")
     parts = [head, "", layers, "", devices, "", totals, plan.rationale]
     if plan.candidates:
         parts += ["", candidates_table(plan)]

@@ -23,6 +23,14 @@ ReLU kinks. So the reference also runs a second time with every parameter moved 
 to one ulp after each update; the spread between its two runs is what no split can be
 expected to beat. Step 0 has no such spread and is held to round-off alone. The report
 names the tensor closest to failing.
+
+``train.precision=bf16``: both the split and the reference compute forward under bf16
+autocast (float32 master weights), and every exchange must move exactly half the float32
+bytes, as the plan says. Values are held to ``verify.rtol_bf16`` (3e-2: bf16's epsilon is
+3.9e-3) plus the same sensitivity term, whose second reference run then also moves every
+input by up to half a bf16 ulp: what bf16 rounding alone does to the network. For
+alexnet_small at its init that is large for gradients (conv1's moves by ~27%, fc8's by
+0.5%), so in bf16 the logits, the loss and the bytes are the sharp checks.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ def verify_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, 
     from splitnet.runtime import forward_backward, setup_rank
 
     vcfg = cfg["verify"]
+    # TF32 would round CUDA matmuls to 10 mantissa bits: the split and the reference must not differ by that
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     me = setup_rank(cfg, rank, optim=vcfg)
     spec, plan, transport, shard, opt = me.spec, me.plan, me.transport, me.shard, me.optimizer
     batch = plan.batch_size
@@ -93,12 +103,16 @@ def _reference_run(spec: ModelSpec, plan: Plan, cfg: dict[str, Any], perturb: bo
     total = plan.batch_size * plan.replicas
     gen = torch.Generator().manual_seed(stream_seed(cfg["seed"], "verify", "perturb"))
     steps = []
+    bf16 = plan.dtype_bytes == 2
     for k in range(vcfg["steps"]):
         x, y = verify_batch(spec, cfg["seed"], k, total)
+        if perturb and bf16:  # bf16 rounds the inputs of every op: move them by up to half its ulp
+            x = x * (1.0 + torch.randint(-1, 2, x.shape, generator=gen).float() * 2.0**-9)
         opt.zero_grad(set_to_none=True)
         set_step(model, k, 0, total)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as the split computes
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         loss.backward()
         steps.append({"logits": logits.detach(), "loss": loss.detach(),
                       "grads": {n: p.grad.clone() for n, p in model.named_parameters()}})
@@ -120,19 +134,18 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
     from splitnet.launchers.simulate import launch
     from splitnet.runtime import merge_state
-    from splitnet.train.preflight import require_float32
+    from splitnet.train.preflight import compute_bytes
 
     spec = load_spec(cfg["model"])
     vcfg = cfg["verify"]
     mesh = Mesh.from_dict(cfg["mesh"])
-    require_float32(cfg)
-    plan = make_plan(spec, cfg["partition"], mesh, vcfg["batch_size"], 4)
+    plan = make_plan(spec, cfg["partition"], mesh, vcfg["batch_size"], compute_bytes(cfg))
     job_cfg = {**cfg, "plan": plan.to_dict()}
     results = launch(verify_worker, mesh.world_size, job_cfg, timeout_s=cfg["comm"]["timeout_s"] + 60)
 
     ref = _reference_run(spec, plan, cfg, perturb=False)
     shaken = _reference_run(spec, plan, cfg, perturb=True)
-    atol, rtol = vcfg["atol"], vcfg["rtol"]
+    atol, rtol = vcfg["atol"], vcfg["rtol_bf16"] if plan.dtype_bytes == 2 else vcfg["rtol"]
     worst: dict[str, dict[str, Any]] = {k: {"abs": 0.0, "rel": 0.0, "ratio": 0.0, "tol": atol, "where": ""}
                                         for k in ("logits", "loss", "grads", "params")}
 

@@ -76,7 +76,9 @@ def _composed(model: str, partition: str) -> dict[str, Any]:
 def plan_of(cfg: dict[str, Any]) -> Plan:
     """The plan ``run_verify`` makes for ``cfg`` (computed here, independently of the report)."""
     spec = load_spec(cfg["model"])
-    return make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["verify"]["batch_size"])
+    bf16 = cfg.get("train", {}).get("precision") == "bf16"  # exchanges carry 2 bytes an element
+    return make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["verify"]["batch_size"],
+                     2 if bf16 else 4)
 
 
 def talking_layers(plan: Plan) -> set[str]:

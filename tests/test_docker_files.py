@@ -95,3 +95,30 @@ def test_ray_cluster_file_is_yaml_for_gpu_nodes_running_the_cuda_image():
     cluster = yaml.safe_load((ROOT / "launch" / "ray-cluster.yaml").read_text())
     assert cluster["docker"]["image"].endswith("splitnet:cuda")
     assert cluster["head_node_type"] in cluster["available_node_types"]
+
+
+def test_the_cuda_image_and_the_torch_floor_are_the_version_ci_tests():
+    """The exchanges lean on gloo and NCCL features of recent torch (gloo's list-form
+    reduce_scatter is newer than 2.7): the image and the floor name the one version tested."""
+    tested = re.search(r"^torch==(\S+)$", (ROOT / "constraints-cpu.txt").read_text(), re.M).group(1)
+    args = dict(a.split("=", 1) for op, a in _instructions(ROOT / "docker" / "Dockerfile.cuda") if op == "ARG")
+    assert args["TORCH"] == tested
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floor = next(d for d in dependencies if d.startswith("torch"))
+    assert floor == "torch>=" + ".".join(tested.split(".")[:2])
+
+
+def test_the_build_context_leaves_out_the_environment_runs_and_history():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv/", "runs/"} <= ignored
+
+
+def test_ray_cluster_nodes_serve_jobs_mount_the_shared_folder_and_use_no_sudo_in_the_image():
+    cluster = yaml.safe_load((ROOT / "launch" / "ray-cluster.yaml").read_text())
+    inside = cluster["setup_commands"] + cluster["head_setup_commands"]
+    assert not [c for c in inside if "sudo" in c.split()]  # the image runs as root and has no sudo
+    assert any('"ray[default]==' in c for c in cluster["setup_commands"])  # the job server `ray job submit` needs
+    mounts = [c for c in cluster["initialization_commands"] if " mount " in f" {c} "]
+    host_dir = mounts[0].split()[-1]
+    assert f"-v {host_dir}:/shared" in cluster["docker"]["run_options"]
+    assert any("boto3" in c for c in cluster["head_setup_commands"])  # the autoscaler's AWS client

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from splitnet.launchers.placement import describe_resources, fits, replica_strategy, spanning_replicas
+import pytest
+
+from splitnet.launchers.placement import describe_resources, fits, replica_strategy, resolve_use_gpu, spanning_replicas
 
 
 def test_a_replica_spans_nodes_only_when_a_node_boundary_falls_inside_it():
@@ -12,12 +14,30 @@ def test_a_replica_spans_nodes_only_when_a_node_boundary_falls_inside_it():
     assert spanning_replicas(world_size=8, devices=4, ranks_per_node=2) == [0, 1]
 
 
-def test_strict_pack_when_some_node_holds_a_whole_replica():
+def test_a_replica_is_split_across_nodes_only_when_the_user_allows_it_and_no_node_holds_one():
     bundle = {"CPU": 1.0}
-    assert replica_strategy(bundle, 2, [{"CPU": 0.0}, {"CPU": 3.0}, {"CPU": 2.0}]) == "STRICT_PACK"
-    assert replica_strategy(bundle, 4, [{"CPU": 3.0}, {"CPU": 2.0}]) == "PACK"
-    assert replica_strategy({"CPU": 0.5, "GPU": 1.0}, 2, [{"CPU": 8.0, "GPU": 1.0}]) == "PACK"
+    assert replica_strategy(bundle, 2, [{"CPU": 0.0}, {"CPU": 3.0}, {"CPU": 2.0}], split_replicas=True) == "STRICT_PACK"
+    assert replica_strategy(bundle, 4, [{"CPU": 3.0}, {"CPU": 2.0}], split_replicas=True) == "PACK"
+    assert replica_strategy({"CPU": 0.5, "GPU": 1.0}, 2, [{"CPU": 8.0, "GPU": 1.0}], split_replicas=True) == "PACK"
+    # by default never: the live nodes are not what an autoscaler can boot, so the placement waits
+    assert replica_strategy(bundle, 4, [{"CPU": 3.0}, {"CPU": 2.0}]) == "STRICT_PACK"
+    assert replica_strategy(bundle, 4, []) == "STRICT_PACK"
     assert fits({"CPU": 0.5, "GPU": 1.0}, 2, {"CPU": 1.0, "GPU": 2.0})
+
+
+@pytest.mark.parametrize(("wanted", "backend", "joins", "gpus", "use"), [
+    (True, "auto", True, 0, True), (False, "auto", True, 8, False),  # as asked
+    ("auto", "auto", True, 8, True), ("auto", "nccl", True, 0, True),  # GPUs there, or asked for by the backend
+    ("auto", "auto", False, 0, False),  # a local instance on a machine without GPUs: CPU ranks
+])
+def test_use_gpu_follows_the_request(wanted, backend, joins, gpus, use):
+    assert resolve_use_gpu(wanted, backend, joins, gpus) is use
+
+
+def test_auto_on_a_joined_cluster_without_gpus_is_an_error_not_a_silent_cpu_run():
+    with pytest.raises(ValueError, match="launcher.use_gpu=auto: the cluster has no GPU now .* set "
+                                         "launcher.use_gpu=true to ask for GPU ranks, or launcher.use_gpu=false"):
+        resolve_use_gpu("auto", "auto", True, 0)
 
 
 def test_resources_are_described_without_ray_bookkeeping_keys():

@@ -67,7 +67,9 @@ def test_each_replica_s_ranks_run_on_one_node(cluster, tmp_path):
     where = {p["rank"]: cluster[p["node_id"]] for p in _placement(run_dir)}  # each rank reported its own node
     # node a (3 CPUs) cannot hold both replicas, so packing ranks in order would split replica 1
     assert where[0] == where[1] and where[2] == where[3] and where[0] != where[2], where
-    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == [f"rank{r}.log" for r in range(4)]
+    # each rank's own log, and the step records of every rank but the reporting one (rank 0)
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == sorted(
+        [f"rank{r}.log" for r in range(4)] + [f"rank{r}.metrics.jsonl" for r in range(1, 4)])
 
 
 @pytest.mark.timeout(600)
@@ -101,7 +103,9 @@ def test_a_placement_no_node_can_satisfy_fails_after_the_timeout(cluster, tmp_pa
     with pytest.raises(RayLaunchError) as failed:
         train(tmp_path / "run", *JOB, "launcher=ray", "launcher.cpus_per_worker=4", "launcher.placement_timeout_s=2")
     message = str(failed.value)
-    assert message.startswith("placement: asked for 1 replica(s) x 2 rank(s) of CPU=4 each (PACK: packed), "
+    # never split silently: a replica waits for one node that holds it (launcher.split_replicas=false)
+    assert message.startswith("placement: asked for 1 replica(s) x 2 rank(s) of CPU=4 each (STRICT_PACK: a replica "
+                              "on one node), "
                               "0 of 1 placed within launcher.placement_timeout_s=2s; the cluster has 2 node(s): ")
     assert "CPU=3" in message and "CPU=2" in message
     assert "\n" not in message
@@ -133,7 +137,7 @@ def test_simulate_torchrun_on_two_nodes_and_ray_end_bitwise_equal(cluster, tmp_p
 
     run_dir = tmp_path / "runs" / "torchrun-twonodes"  # named by the rendezvous id, the same on both nodes
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["torchrun-twonodes"]
-    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank0.log", "rank1.log"]
+    assert sorted(p.name for p in (run_dir / "logs").iterdir()) == ["rank0.log", "rank1.log", "rank1.metrics.jsonl"]
     both = "\n".join(outputs)
     assert both.count("final held-out top-1 accuracy") == 1  # only the reporting rank reports
     # one process per node and mesh.devices=2: the model-parallel group spans the two nodes

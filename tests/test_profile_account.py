@@ -39,8 +39,8 @@ def test_an_address_reused_after_a_free_is_a_new_tensor():
 
 def test_waiting_is_the_gap_before_the_last_peer_arrives():
     # rank 0 enters at t=100 and waits; rank 1 issues at t=400; the transfer ends at t=500
-    rank0 = [{"key": (0, 1, 0), "issued": 100, "entered": 100, "left": 500}]
-    rank1 = [{"key": (0, 1, 0), "issued": 400, "entered": 400, "left": 500}]
+    rank0 = [{"keys": [(0, 1, 0)], "issued": 100, "entered": 100, "left": 500}]
+    rank1 = [{"keys": [(0, 1, 0)], "issued": 400, "entered": 400, "left": 500}]
     t0, t1 = time_split([rank0, rank1], [1e-6, 1e-6])
     assert (t0["blocked_s"], t0["peer_wait_s"]) == (400e-9, 300e-9)
     assert (t1["blocked_s"], t1["peer_wait_s"]) == (100e-9, 0.0)

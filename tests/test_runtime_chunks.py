@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from splitnet.comm.meter import Meter
-from splitnet.comm.transport import LANE_TAGS, Pending
+from splitnet.comm.transport import Pending
 from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, PartitionError, make_plan
 from splitnet.partition.plan import Plan
@@ -33,6 +33,7 @@ class RecordingTransport:
 
     def __init__(self, mp_rank: int) -> None:
         self.mp_rank, self.device, self.meter = mp_rank, torch.device("cpu"), Meter()
+        self.dtype = torch.float32
         self.log: list[tuple[str, str, str, int]] = []
 
     def _pending(self, layer: str, direction: str, lane: int, result: Any) -> Pending:
@@ -60,8 +61,8 @@ class RecordingTransport:
         return lane  # the work: here, the lane
 
     def start_swap(self, outgoing: Any, incoming: list[tuple[int, tuple[int, ...]]], tag: int, layer: str,
-                   direction: str) -> Pending:
-        return self._pending(layer, direction, tag // LANE_TAGS, [torch.zeros(shape) for _, shape in incoming])
+                   direction: str, *, lane: int, dtype: torch.dtype) -> Pending:
+        return self._pending(layer, direction, lane, [torch.zeros(shape, dtype=dtype) for _, shape in incoming])
 
     def complete(self, pending: Pending) -> torch.Tensor:
         if pending.what == "all_reduce":  # the sum's Pending is made by the exchange op, not here

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from splitnet.launchers.simulate import WorkerFailed
 from splitnet.model.spec import load_spec
 from splitnet.verify import run_verify
 from tests.splitting import alexnet_small_12, assert_equivalent, model_dict, plan_of, random_spec, verify_cfg
@@ -113,6 +114,32 @@ def test_split_equals_reference(cfg, must_talk):
         assert plan.schedule == cfg["partition"]["schedule"]
     if plan.devices == 1:
         assert exchanges == {}
+
+
+# Under NCCL's rules (comm.nccl_rules=true: tags ignored, one work per batch of transfers,
+# point-to-point only after a collective in its group, no timeout polling): halos, chunks on
+# lanes, replicas, hybrid and a pipeline
+UNDER_NCCL_RULES = ("columns-D4-towers-over-2", "uneven-columns-D3-chunks3", "replicas2-x-D2-auto-chunks2-conv-dropout",
+                    "hybrid-D2", "pipeline-D3-M4")
+
+
+def _nccl_rules(cfg: dict) -> dict:
+    return {**cfg, "comm": {**cfg["comm"], "nccl_rules": True}}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("cfg", "must_talk"), [pytest.param(_nccl_rules(case.values[0]), case.values[1], id=case.id)
+                                                for case in CASES if case.id in UNDER_NCCL_RULES])
+@pytest.mark.slow
+def test_split_equals_reference_under_nccls_rules(cfg, must_talk):
+    test_split_equals_reference(cfg, must_talk)
+
+
+@pytest.mark.slow
+def test_1f1b_is_refused_under_nccls_rules_as_on_nccl():
+    cfg = _nccl_rules(verify_cfg(partition="pipeline", devices=2, microbatches=4, schedule="1f1b"))
+    with pytest.raises(WorkerFailed, match="partition.schedule=1f1b runs on gloo only for now"):
+        run_verify(cfg)
 
 
 # Seeded random specs: (seed, columns devices, columns exchange mode); seeds 0 and 3 also run

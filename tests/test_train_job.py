@@ -57,8 +57,10 @@ def test_run_folder_holds_metrics_logs_pictures_and_checkpoints(embedded_run):
     run_dir, out = embedded_run
     plan = out["plan"]
     records = read_metrics(run_dir / "metrics.jsonl")
+    assert {r["rank"] for r in records if r["kind"] == "step"} == {0}  # the reporting rank writes it alone
     for rank in (0, 1):
-        steps = [r for r in records if r["kind"] == "step" and r["rank"] == rank]
+        own = records if rank == 0 else read_metrics(run_dir / "logs" / f"rank{rank}.metrics.jsonl")
+        steps = [r for r in own if r["kind"] == "step" and r["rank"] == rank]
         assert len(steps) == 70
         expected = plan.expected(rank)
         for r in steps:  # the meter's per-step, per-layer bytes are the plan's

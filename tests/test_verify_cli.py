@@ -58,3 +58,16 @@ def test_a_user_spec_from_config_dir_makes_four_devices_valid(tmp_path, capsys):
     assert (plan["model"], plan["mesh"]["devices"]) == ("alexnet_small12", 4)
     fc8 = next(p for p in plan["layers"] if p["name"] == "fc8")
     assert [s["out_channels"] for s in fc8["shards"]] == [[0, 3], [3, 6], [6, 9], [9, 12]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_halo_in_chunks_over_three_devices_passes_under_nccls_rules(capsys):
+    """The check docs/launchers.md gives before taking a split to GPUs: the middle rank both
+    sends and receives its halo (one work under NCCL), and two lanes exchange halos at once."""
+    args = ["comm.nccl_rules=true", "model=alexnet_small", "mesh.devices=3", "partition.chunks=2"]
+    assert main(["verify", *args]) == 0
+    out = capsys.readouterr().out
+    norm1 = next(line.split() for line in out.splitlines() if line.startswith("norm1"))
+    assert norm1[1] == norm1[2] != "0"  # the halo moved what the plan says, and moved something
+    assert out.rstrip().splitlines()[-1].startswith("OK: the split equals the reference")

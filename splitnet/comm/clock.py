@@ -13,10 +13,10 @@ profile``, the benchmarks) means exactly this:
 - ``compute_s``: the step's time outside ``blocked_s``.
 
 ``ClockedTransport`` measures ``exchange_s`` and ``blocked_s``; any Transport with
-``waits`` set to a list also keeps every blocking wait's times (when the rank issued the operation,
-when it began to wait, when the wait ended, and a key every rank taking part computes
-alike), from which ``time_split`` tells ``peer_wait_s`` apart. The plain Transport stays
-unclocked: training pays nothing for this.
+``waits`` set to a list also keeps every blocking wait's times (when the rank issued the
+operation, when it began to wait, when the wait ended, and the keys every rank taking part
+computes alike, one per transfer of a batch), from which ``time_split`` tells
+``peer_wait_s`` apart. The plain Transport stays unclocked: training pays nothing for this.
 """
 
 from __future__ import annotations
@@ -76,15 +76,16 @@ def time_split(waits: Sequence[Sequence[dict[str, Any]]], step_s: Sequence[float
     arrived: dict[tuple[Any, ...], int] = {}
     for records in waits:
         for rec in records:
-            key = tuple(rec["key"])
-            arrived[key] = max(arrived.get(key, rec["issued"]), rec["issued"])
+            for key in map(tuple, rec["keys"]):  # a batch of point-to-point transfers: one per transfer
+                arrived[key] = max(arrived.get(key, rec["issued"]), rec["issued"])
     out = []
     for records, seconds in zip(waits, step_s, strict=True):
         blocked = waiting = 0
         for rec in records:
             spent = rec["left"] - rec["entered"]
             blocked += spent
-            waiting += min(max(arrived[tuple(rec["key"])] - rec["entered"], 0), spent)
+            last = max(arrived[tuple(key)] for key in rec["keys"])
+            waiting += min(max(last - rec["entered"], 0), spent)
         out.append({"step_s": seconds, "blocked_s": blocked / 1e9, "peer_wait_s": waiting / 1e9,
                     "compute_s": max(seconds - blocked / 1e9, 0.0)})
     return out

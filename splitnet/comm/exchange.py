@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch.autograd.profiler import record_function
 
-from splitnet.comm.transport import LANE_TAGS, Pending, Transport
+from splitnet.comm.transport import Pending, Transport
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class AllReduce(_Collective):
     def start(self, x: torch.Tensor, lane: int) -> Pending:
         t, link = self.link.transport, self.link
         with record_function(f"splitnet.exchange:{link.layer}"):  # the sum's buffer is an exchange buffer
-            summed = x.clone()
+            summed = x.to(t.dtype, copy=True)
         work = t.start_all_reduce(summed, t.group(link.ranks, lane), len(link.ranks), link.layer, "fwd", lane)
         return Pending(work, link.layer, "all_reduce", lambda: summed)
 
@@ -173,7 +173,8 @@ class Halo(ExchangeOp):
         o0 = self.own[0]
         outgoing = [(dst, x[:, a - o0:b - o0]) for dst, (a, b) in self.sends]
         incoming = [(src, (x.shape[0], b - a, *x.shape[2:])) for src, (a, b) in self.recvs]
-        return x, self.transport.start_swap(outgoing, incoming, 2 * self.tag + lane * LANE_TAGS, self.layer, "fwd")
+        return x, self.transport.start_swap(outgoing, incoming, 2 * self.tag, self.layer, "fwd", lane=lane,
+                                            dtype=self.transport.dtype)
 
     def finish(self, state: tuple[torch.Tensor, Any]) -> torch.Tensor:
         x, swap = state
@@ -187,8 +188,8 @@ class Halo(ExchangeOp):
         lo = min([self.own[0], *(a for _, (a, _b) in self.recvs)])
         outgoing = [(src, grad[:, a - lo:b - lo]) for src, (a, b) in self.recvs]
         incoming = [(dst, (grad.shape[0], b - a, *grad.shape[2:])) for dst, (a, b) in self.sends]
-        return grad, self.transport.start_swap(outgoing, incoming, 2 * self.tag + 1 + lane * LANE_TAGS, self.layer,
-                                               "bwd")
+        return grad, self.transport.start_swap(outgoing, incoming, 2 * self.tag + 1, self.layer, "bwd", lane=lane,
+                                               dtype=self.transport.dtype)
 
     def finish_back(self, state: tuple[torch.Tensor, Any]) -> torch.Tensor:
         grad, swap = state

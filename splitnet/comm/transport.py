@@ -9,10 +9,19 @@ transport maps them to this replica's global ranks.
 Every wait carries ``comm.timeout_s``: a peer that never arrives turns into a
 ``StalledExchange`` that names this rank, the layer and the collective.
 
+NCCL is stricter than gloo, and the same code runs on both: point-to-point transfers pair
+by their order within a process group (tags are ignored), so each lane's transfers travel
+in that lane's group; a batch of transfers is one work; a group runs a collective before
+any point-to-point that involves only some of its ranks; and a wait is a stream
+dependency, not a host-side poll, so a stall is caught by the group's own timeout
+(``comm.timeout_s``, and the NCCL watchdog's ``TORCH_NCCL_ASYNC_ERROR_HANDLING``).
+``nccl_rules=True`` (``comm.nccl_rules``) makes gloo keep those rules too: tags are
+dropped, waits carry no timeout, and the communicators a rank opens are bounded.
+
 With ``waits`` set to a list (``splitnet profile`` does), every blocking wait is timed:
-when this rank issued the operation, when it began to wait, when the wait ended, and a
-key that every rank taking part computes alike (the group's global ranks and the
-group's call count, or for a point-to-point transfer the pair, the tag and its count),
+when this rank issued the operation, when it began to wait, when the wait ended, and
+keys that every rank taking part computes alike (the group's global ranks and the
+group's call count, or for each point-to-point transfer the pair, the tag and its count),
 so the time spent waiting for the last peer can be told apart afterwards (comm/clock.py
 says what each timed field means). Each
 collective runs inside a ``splitnet.exchange`` profiler range, so an allocation
@@ -33,8 +42,13 @@ from torch.autograd.profiler import record_function
 
 from splitnet.comm.meter import Meter
 from splitnet.errors import SplitnetError
+from splitnet.partition.groups import communicators, process_groups
 from splitnet.partition.mesh import Mesh
 from splitnet.partition.plan import Plan
+
+# The plan's bytes per activation -> the dtype forward computes in (bf16: under autocast) and
+# the exchanges carry
+COMPUTE_DTYPES = {4: torch.float32, 2: torch.bfloat16}
 
 
 class StalledExchange(SplitnetError, RuntimeError):
@@ -52,10 +66,6 @@ class Pending:
     done: Callable[[], Any]
 
 
-# Point-to-point tags of one lane lie below this; lane n's are shifted up by n of it
-LANE_TAGS = 1 << 23
-
-
 def _pad(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     """``x`` with zeros appended along ``dim`` up to ``size`` (contiguous, as collectives need)."""
     short = size - x.shape[dim]
@@ -64,6 +74,19 @@ def _pad(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     shape = list(x.shape)
     shape[dim] = short
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+class _Batch:
+    """The one work NCCL returns for a whole ``batch_isend_irecv`` (torch coalesces the batch),
+    made of gloo's work per transfer."""
+
+    def __init__(self, works: list[Any]) -> None:
+        self.works = works
+
+    def wait(self, *timeout: timedelta) -> bool:
+        for work in self.works:
+            work.wait(*timeout)
+        return True
 
 
 def _default_device() -> torch.device:
@@ -76,8 +99,15 @@ def _default_device() -> torch.device:
 
 class Transport:
     def __init__(self, plan: Plan, rank: int, device: torch.device | None = None,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 300.0, nccl_rules: bool = False, max_communicators: int = 16) -> None:
         self.mesh = Mesh(plan.devices, plan.replicas)
+        if plan.dtype_bytes not in COMPUTE_DTYPES:
+            raise SplitnetError(f"the plan's dtype_bytes={plan.dtype_bytes}: the runtime computes in float32 (4) "
+                                "or bf16 (2, train.precision=bf16)")
+        self.dtype = COMPUTE_DTYPES[plan.dtype_bytes]  # what the exchanges carry: the compute dtype
+        nccl = dist.is_initialized() and dist.get_backend() == "nccl"
+        self.nccl_rules = nccl_rules or nccl
+        self._emulate = nccl_rules and not nccl  # gloo made to behave as NCCL does
         self.rank = rank
         self.replica, self.mp_rank = self.mesh.coords(rank)
         self.device = device or _default_device()
@@ -85,9 +115,10 @@ class Transport:
         self.meter = Meter()
         self.waits: list[dict[str, Any]] | None = None
         self._calls: dict[tuple[Any, ...], int] = {}
-        self._issued: dict[int, tuple[tuple[Any, ...], int]] = {}
+        self._issued: dict[int, tuple[list[tuple[Any, ...]], int]] = {}
         self._groups: dict[tuple[tuple[int, ...], int], Any] = {}  # (model-parallel ranks, lane) -> group
         self.replica_group: Any = None
+        self._ready: set[Any] = set()  # groups that have run a collective (None: the default group)
         if not dist.is_initialized():
             if self.mesh.world_size != 1:
                 raise SplitnetError(f"a mesh of {self.mesh.world_size} ranks needs torch.distributed "
@@ -97,35 +128,43 @@ class Transport:
             raise SplitnetError(f"the plan's mesh has {self.mesh.world_size} ranks (replicas "
                                 f"{plan.replicas} x devices {plan.devices}) but the launcher started "
                                 f"{dist.get_world_size()}")
-        if plan.schedule == "1f1b" and dist.get_backend() == "nccl":
+        if plan.schedule == "1f1b" and self.nccl_rules:
             # In 1F1B's steady phase neighbours send to each other at once (an activation one
             # way, a gradient the other); NCCL runs a pair's transfers in issue order, so two
             # unmatched sends can wait on each other. gloo matches by tag and never does.
             raise SplitnetError("partition.schedule=1f1b runs on gloo only for now: its crossing sends "
-                                "can deadlock under NCCL; use partition.schedule=gpipe on GPUs")
-        wanted = {tuple(range(plan.devices))}
-        for ex in plan.exchanges().values():  # point-to-point sends need no group of their own
-            if ex.collective != "send":
-                wanted.update(g for g in ex.groups if len(g) > 1)
-        # One copy of every group per lane: the chunks of a batch (plan.chunks) exchange
-        # concurrently, each on its own lane, so no two ranks can disagree on the order of
-        # one lane's collectives however backward interleaves the chunks.
-        for lane in range(plan.chunks):
-            for mp_ranks in sorted(wanted, key=lambda g: (len(g), g)):
-                for replica in range(self.mesh.replicas):
-                    ranks = [self.mesh.rank(replica, r) for r in mp_ranks]
-                    group = dist.new_group(ranks, timeout=self.timeout) if len(ranks) > 1 else None
-                    if replica == self.replica:
-                        self._groups[(mp_ranks, lane)] = group
+                                "can deadlock under NCCL (and comm.nccl_rules=true says so); use "
+                                "partition.schedule=gpipe on GPUs")
+        opened = communicators(plan, self.mp_rank)
+        if self.nccl_rules and opened > max_communicators:
+            raise SplitnetError(
+                f"rank {rank} would open {opened} NCCL communicators (partition.chunks={plan.chunks} lanes of "
+                f"process groups); comm.max_communicators={max_communicators}: lower partition.chunks or "
+                "raise comm.max_communicators")
+        # Every replica creates its groups in one order (a torch.distributed rule); this rank
+        # keeps its own replica's. A chunk's exchanges run on its own lane, so no two ranks can
+        # disagree on the order of one lane's transfers however backward interleaves the chunks.
+        for mp_ranks, lane in process_groups(plan):
+            for replica in range(self.mesh.replicas):
+                ranks = [self.mesh.rank(replica, r) for r in mp_ranks]
+                # NCCL's watchdog names the group of a collective that timed out: say which it is
+                desc = f"splitnet lane {lane} devices {','.join(map(str, mp_ranks))} replica {replica}"
+                group = dist.new_group(ranks, timeout=self.timeout, group_desc=desc) if len(ranks) > 1 else None
+                if replica == self.replica:
+                    self._groups[(mp_ranks, lane)] = group
         for device in range(self.mesh.devices):
             ranks = self.mesh.replica_group(device)
-            group = dist.new_group(ranks, timeout=self.timeout) if len(ranks) > 1 else None
+            desc = f"splitnet replicas of device {device}"
+            group = dist.new_group(ranks, timeout=self.timeout, group_desc=desc) if len(ranks) > 1 else None
             if device == self.mp_rank:
                 self.replica_group = group
-        if dist.get_backend() == "nccl":
-            # NCCL lets a batch of point-to-point transfers (a halo) involve only some ranks
-            # once every rank has taken part in a collective of the group
-            dist.barrier()
+        if self.nccl_rules:
+            # NCCL lets a batch of point-to-point transfers (a halo) involve only some ranks of
+            # a group once every rank has taken part in a collective of it
+            for lane in range(plan.chunks):
+                group = self._groups[(tuple(range(plan.devices)), lane)]
+                if group is not None:
+                    self.wait(dist.barrier(group=self._collective(group), async_op=True), "start", "barrier")
 
     def global_rank(self, mp_rank: int) -> int:
         return self.mesh.rank(self.replica, mp_rank)
@@ -139,12 +178,16 @@ class Transport:
                                 f"(lane {lane}); the plan did not declare it")
         return self._groups[(mp_ranks, lane)]
 
-    def _issue(self, work: Any, peers: tuple[Any, ...]) -> Any:
-        """Remember when and as which call of ``peers`` this rank issued ``work`` (when timing)."""
+    def _issue(self, work: Any, *peers: tuple[Any, ...]) -> Any:
+        """Remember when and as which call of each of ``peers`` this rank issued ``work``
+        (when timing; a batch of transfers has one ``peers`` per transfer)."""
         if self.waits is not None:
-            n = self._calls.get(peers, 0)
-            self._calls[peers] = n + 1
-            self._issued[id(work)] = ((*peers, n), time.perf_counter_ns())
+            keys = []
+            for key in peers:
+                n = self._calls.get(key, 0)
+                self._calls[key] = n + 1
+                keys.append((*key, n))
+            self._issued[id(work)] = (keys, time.perf_counter_ns())
         return work
 
     def _ranks_of(self, group: Any) -> tuple[int, ...]:
@@ -153,7 +196,10 @@ class Transport:
     def wait(self, work: Any, layer: str, what: str) -> None:
         entered = time.perf_counter_ns()
         try:
-            work.wait(self.timeout)
+            if self.nccl_rules:  # NCCL: a stream dependency; a stall trips the group's own timeout
+                work.wait()
+            else:
+                work.wait(self.timeout)
         except RuntimeError as exc:
             raise StalledExchange(
                 f"rank {self.rank}: the {what} at layer {layer!r} did not complete within "
@@ -161,8 +207,8 @@ class Transport:
             ) from exc
         issued = self._issued.pop(id(work), None)
         if self.waits is not None and issued is not None:
-            key, start = issued
-            self.waits.append({"layer": layer, "what": what, "key": key, "issued": start,
+            keys, start = issued
+            self.waits.append({"layer": layer, "what": what, "keys": keys, "issued": start,
                                "entered": entered, "left": time.perf_counter_ns()})
 
     def barrier(self, what: str) -> None:
@@ -186,12 +232,12 @@ class Transport:
         ``dim`` where they differ; every part then travels padded to the largest."""
         k = len(mp_ranks)
         with record_function(f"splitnet.exchange:{layer}"):
-            x = x.contiguous()
+            x = x.to(self.dtype).contiguous()  # exchanges carry the compute dtype (autocast leaves some ops fp32)
             uneven = sizes is not None and len(set(sizes)) > 1
             if uneven:
                 x = _pad(x, dim, max(sizes))  # type: ignore[arg-type]
             parts = [torch.empty_like(x) for _ in range(k)]
-            work = dist.all_gather(parts, x, group=self.group(mp_ranks, lane), async_op=True)
+            work = dist.all_gather(parts, x, group=self._collective(self.group(mp_ranks, lane)), async_op=True)
         nbytes = x.numel() * x.element_size() * k
 
         def done() -> torch.Tensor:
@@ -206,13 +252,14 @@ class Transport:
         wide where the parts differ, each padded to the largest for the collective)."""
         k = len(mp_ranks)
         with record_function(f"splitnet.exchange:{layer}"):
+            x = x.to(self.dtype)
             if sizes is not None and len(set(sizes)) > 1:
                 widest = max(sizes)
                 parts = [_pad(p, dim, widest) for p in x.split(list(sizes), dim=dim)]
             else:
                 parts = [p.contiguous() for p in x.chunk(k, dim=dim)]
             out = torch.empty_like(parts[0])
-            work = dist.reduce_scatter(out, parts, group=self.group(mp_ranks, lane), async_op=True)
+            work = dist.reduce_scatter(out, parts, group=self._collective(self.group(mp_ranks, lane)), async_op=True)
         own = sizes[mp_ranks.index(self.mp_rank)] if sizes is not None else out.shape[dim]
 
         def done() -> torch.Tensor:
@@ -231,44 +278,76 @@ class Transport:
         """Sum ``x`` in place over the group without waiting; returns the work. ``x`` must be
         contiguous (a flat bucket or a fresh tensor): the sum lands in its storage."""
         self.meter.record(layer, direction, "all_reduce", x.numel() * x.element_size(), k)
-        return self._issue(dist.all_reduce(x, group=group, async_op=True), (*self._ranks_of(group), lane))
+        work = dist.all_reduce(x, group=self._collective(group), async_op=True)
+        return self._issue(work, (*self._ranks_of(group), lane))
 
-    def send(self, x: torch.Tensor, mp_dst: int, tag: int) -> Any:
+    def _lane(self, lane: int, layer: str) -> Any:
+        """The group a lane's point-to-point transfers travel in: all of this replica's
+        devices, that lane's copy. NCCL pairs transfers by their order within a group and
+        ignores tags, so each lane needs its own; under NCCL's rules a transfer that involves
+        only some of the group's ranks may start only after a collective in it."""
+        group = self.group(tuple(range(self.mesh.devices)), lane)
+        if self.nccl_rules and group not in self._ready:
+            raise SplitnetError(f"rank {self.rank}: point-to-point at layer {layer!r} in a process group "
+                                "that has run no collective yet; under NCCL it hangs or fails")
+        return group
+
+    def _collective(self, group: Any) -> Any:
+        self._ready.add(group)
+        return group
+
+    def _tag(self, tag: int) -> int:
+        """NCCL ignores point-to-point tags: under its rules gloo must not lean on them either."""
+        return 0 if self._emulate else tag
+
+    def send(self, x: torch.Tensor, mp_dst: int, tag: int, layer: str = "send") -> Any:
         """Start sending; the receiver meters the bytes. Returns the work to wait on later."""
         dst = self.global_rank(mp_dst)
-        return self._issue(dist.isend(x.contiguous(), dst=dst, tag=tag), ("send", self.rank, dst, tag))
+        x = x.to(self.dtype) if x.is_floating_point() else x  # what the receiver's buffer holds
+        work = dist.isend(x.contiguous(), dst=dst, group=self._lane(0, layer), tag=self._tag(tag))
+        return self._issue(work, ("send", self.rank, dst, tag))
 
     def start_swap(self, outgoing: list[tuple[int, torch.Tensor]], incoming: list[tuple[int, tuple[int, ...]]],
-                   tag: int, layer: str, direction: str) -> Pending:
-        """Send each (rank, tensor) and receive each (rank, shape), as one batch of point-to-
-        point transfers; completing it gives the received tensors in ``incoming``'s order.
-        NCCL runs a batch as one group, so two ranks that send to each other at once cannot
-        wait on each other (one by one, each rank's send would queue before its receive)."""
+                   tag: int, layer: str, direction: str, *, lane: int, dtype: torch.dtype) -> Pending:
+        """Send each (rank, tensor) and receive each (rank, shape), all in ``dtype`` (the sender
+        sends it, the receiver's buffers take it; bf16 halves the bytes), as one batch of
+        point-to-point transfers in ``lane``'s group; completing it gives the received tensors
+        in ``incoming``'s order. NCCL runs a batch as one group and returns one work for it, so
+        two ranks that send to each other at once cannot wait on each other (one by one, each
+        rank's send would queue before its receive). Transfers between two ranks pair by their
+        order in the batch, the same on both sides."""
+        group = self._lane(lane, layer)
         with record_function(f"splitnet.exchange:{layer}"):
-            got = [torch.empty(shape, device=self.device) for _, shape in incoming]
-            ops = [dist.P2POp(dist.isend, x.contiguous(), self.global_rank(dst), tag=tag) for dst, x in outgoing]
-            ops += [dist.P2POp(dist.irecv, buf, self.global_rank(src), tag=tag)
+            got = [torch.empty(shape, dtype=dtype, device=self.device) for _, shape in incoming]
+            ops = [dist.P2POp(dist.isend, x.to(dtype).contiguous(), self.global_rank(dst), group, self._tag(tag))
+                   for dst, x in outgoing]
+            ops += [dist.P2POp(dist.irecv, buf, self.global_rank(src), group, self._tag(tag))
                     for (src, _), buf in zip(incoming, got, strict=True)]
             works = dist.batch_isend_irecv(ops) if ops else []
-        peers = [("send", self.rank, self.global_rank(dst), tag) for dst, _ in outgoing]
-        peers += [("send", self.global_rank(src), self.rank, tag) for src, _ in incoming]
-        works = [self._issue(work, key) for work, key in zip(works, peers, strict=True)]
+        keys = [("send", self.rank, self.global_rank(dst), tag) for dst, _ in outgoing]
+        keys += [("send", self.global_rank(src), self.rank, tag) for src, _ in incoming]
+        # NCCL coalesces the batch into one work, gloo gives one per transfer: wait on them as one
+        batch = self._issue(_Batch(works), *keys)
 
         def done() -> list[torch.Tensor]:
             for x in got:
                 self.meter.record(layer, direction, "send", x.numel() * x.element_size(), 2)
             return got
-        return Pending(works, layer, "swap", done)
+        return Pending(batch, layer, "swap", done)
 
-    def recv(self, shape: tuple[int, ...], mp_src: int, tag: int, layer: str, direction: str) -> torch.Tensor:
-        return self.complete(self.start_recv(shape, mp_src, tag, layer, direction))
+    def recv(self, shape: tuple[int, ...], mp_src: int, tag: int, layer: str, direction: str,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.complete(self.start_recv(shape, mp_src, tag, layer, direction, dtype))
 
-    def start_recv(self, shape: tuple[int, ...], mp_src: int, tag: int, layer: str, direction: str) -> Pending:
-        """Start receiving a ``shape`` tensor from ``mp_src``; metered when it has arrived."""
+    def start_recv(self, shape: tuple[int, ...], mp_src: int, tag: int, layer: str, direction: str,
+                   dtype: torch.dtype | None = None) -> Pending:
+        """Start receiving a ``shape`` tensor from ``mp_src``; metered when it has arrived. Its
+        dtype is the sender's: ``dtype``, else the exchanges' (``self.dtype``)."""
         src = self.global_rank(mp_src)
+        group = self._lane(0, layer)
         with record_function(f"splitnet.exchange:{layer}"):
-            x = torch.empty(shape, device=self.device)
-            work = self._issue(dist.irecv(x, src=src, tag=tag), ("send", src, self.rank, tag))
+            x = torch.empty(shape, dtype=dtype or self.dtype, device=self.device)
+            work = self._issue(dist.irecv(x, src=src, group=group, tag=self._tag(tag)), ("send", src, self.rank, tag))
 
         def done() -> torch.Tensor:
             self.meter.record(layer, direction, "send", x.numel() * x.element_size(), 2)

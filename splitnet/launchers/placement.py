@@ -23,10 +23,31 @@ def fits(bundle: Mapping[str, float], count: int, node: Mapping[str, float]) -> 
     return all(node.get(key, 0.0) + 1e-9 >= amount * count for key, amount in bundle.items() if amount)
 
 
-def replica_strategy(bundle: Mapping[str, float], devices: int, nodes: Sequence[Mapping[str, float]]) -> str:
-    """``STRICT_PACK`` (every rank of a replica on one node) when some node could hold a whole
-    replica; otherwise ``PACK`` (as few nodes as Ray can manage)."""
-    return "STRICT_PACK" if any(fits(bundle, devices, node) for node in nodes) else "PACK"
+def replica_strategy(bundle: Mapping[str, float], devices: int, nodes: Sequence[Mapping[str, float]],
+                     split_replicas: bool = False) -> str:
+    """``STRICT_PACK`` (every rank of a replica on one node), unless the user allowed replicas
+    to span nodes (``launcher.split_replicas``) and no live node could hold one: then ``PACK``.
+    The live nodes are not the cluster an autoscaler can grow, so without that permission a
+    replica is never split: the placement waits for a node that holds it."""
+    if split_replicas and not any(fits(bundle, devices, node) for node in nodes):
+        return "PACK"
+    return "STRICT_PACK"
+
+
+def resolve_use_gpu(wanted: object, backend: str, joins_cluster: bool, cluster_gpus: float) -> bool:
+    """Whether ranks take a GPU each, from the request: ``launcher.use_gpu`` true/false as
+    given; ``auto`` is true when ``comm.backend=nccl`` asks for GPUs or the cluster has some
+    now. A joined cluster without GPUs now may be an autoscaling one with none booted yet:
+    ``auto`` there is an error asking the user to choose, never a silent fall back to CPUs."""
+    if wanted != "auto":
+        return bool(wanted)
+    if backend == "nccl" or cluster_gpus > 0:
+        return True
+    if joins_cluster:
+        raise ValueError("launcher.use_gpu=auto: the cluster has no GPU now (an autoscaling cluster boots GPU "
+                         "nodes only when a job asks for them); set launcher.use_gpu=true to ask for GPU ranks, or "
+                         "launcher.use_gpu=false to train on CPU ranks with gloo")
+    return False
 
 
 def describe_resources(resources: Mapping[str, float]) -> str:

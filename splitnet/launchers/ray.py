@@ -6,7 +6,9 @@ it cannot say "the D ranks of each replica together on one node, the replicas wh
 they fit". One ``STRICT_PACK`` placement group per replica says exactly that (the ranks of
 a replica exchange activations every step; replicas only average gradients), and the
 actor for global rank ``replica * D + device`` takes bundle ``device`` of its replica's
-group. When no node could ever hold D ranks the groups fall back to ``PACK``, with a warning.
+group. A replica is never split across nodes unless ``launcher.split_replicas=true`` (then,
+when no live node could hold D ranks, ``PACK``, with a warning): the placement waits up to
+``launcher.placement_timeout_s`` for a node that holds it (an autoscaler may boot one).
 
 What it promises:
 
@@ -15,7 +17,8 @@ What it promises:
   ``auto`` or ``HOST:PORT`` / ``ray://HOST:PORT`` joins a running cluster. An address no one
   answers is one error line within ``launcher.connect_timeout_s``. A driver already
   connected to Ray (a notebook, a test) keeps its connection.
-- One GPU per rank when ``launcher.use_gpu`` (``auto``: the cluster has GPUs), NCCL, and
+- One GPU per rank when ``launcher.use_gpu`` (``auto``: ``comm.backend=nccl`` or the cluster
+  has GPUs now; a joined cluster with none is an error, never a silent CPU run), NCCL, and
   the rank's tensors on the GPU Ray made visible to it; otherwise CPU ranks of
   ``launcher.cpus_per_worker`` CPUs (fractions allowed) and gloo.
 - A placement no node can satisfy fails after ``launcher.placement_timeout_s`` naming what
@@ -41,7 +44,7 @@ from typing import Any
 from splitnet.errors import SplitnetError
 from splitnet.launchers.backend import choose_backend
 from splitnet.launchers.core import Job, WorkerFailed, free_port, open_store, rank_environment, run_in_group
-from splitnet.launchers.placement import describe_resources, replica_strategy
+from splitnet.launchers.placement import describe_resources, replica_strategy, resolve_use_gpu
 
 
 class RayLaunchError(SplitnetError, RuntimeError):
@@ -70,8 +73,10 @@ def connect(launcher: dict[str, Any]) -> bool:
     """Connect this driver to Ray; True if this call started or joined (and so must shut down)."""
     address = launcher.get("address")
     if address is None and "ray" not in sys.modules:
-        # Ray reads this when imported: its node address becomes 127.0.0.1 and every Ray
-        # process of the local instance listens on loopback only.
+        # Ray reads this when imported, and the processes it starts inherit it: the node
+        # address becomes 127.0.0.1 and every Ray process of the local instance, the rank
+        # actors included, listens on loopback only (Ray has no authentication by default).
+        # A driver that imported ray before (a notebook, a test) keeps what it chose.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address not in (None, "auto"):
         _check_reachable(str(address), float(launcher["connect_timeout_s"]))
@@ -93,13 +98,14 @@ def connect(launcher: dict[str, Any]) -> bool:
     return True
 
 
-def _use_gpu(launcher: dict[str, Any]) -> bool:
+def _use_gpu(launcher: dict[str, Any], backend: str) -> bool:
     import ray
 
-    wanted = launcher.get("use_gpu", "auto")
-    if wanted == "auto":
-        return ray.cluster_resources().get("GPU", 0) > 0
-    return bool(wanted)
+    try:
+        return resolve_use_gpu(launcher.get("use_gpu", "auto"), backend, launcher.get("address") is not None,
+                               ray.cluster_resources().get("GPU", 0))
+    except ValueError as exc:
+        raise RayLaunchError(str(exc)) from None
 
 
 class RankActor:
@@ -137,7 +143,9 @@ def _placement_error(launcher: dict[str, Any], bundle: dict[str, float], replica
         f"placement: asked for {replicas} replica(s) x {devices} rank(s) of {describe_resources(bundle)} each "
         f"({strategy}: {'a replica on one node' if strategy == 'STRICT_PACK' else 'packed'}), "
         f"{placed} of {replicas} placed within launcher.placement_timeout_s={launcher['placement_timeout_s']:g}s; "
-        f"the cluster has {len(nodes)} node(s): {have}; lower launcher.cpus_per_worker or add nodes")
+        f"the cluster has {len(nodes)} node(s): {have}; lower launcher.cpus_per_worker, add nodes (an autoscaling "
+        "cluster may need a longer launcher.placement_timeout_s to boot one), or let replicas span nodes "
+        "(launcher.split_replicas=true)")
 
 
 def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[Any]:
@@ -148,14 +156,16 @@ def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[A
     launcher = cfg["launcher"]
     devices = cfg["mesh"]["devices"]
     replicas = world // devices
-    gpu = _use_gpu(launcher)
+    gpu = _use_gpu(launcher, cfg["comm"].get("backend", "auto"))
     backend = choose_backend(cfg["comm"].get("backend", "auto"), gpu, "needs GPU ranks; set launcher.use_gpu=true "
                              "on a cluster with GPUs, or comm.backend=gloo", RayLaunchError)
     bundle = {"CPU": float(launcher["cpus_per_worker"]), **({"GPU": 1.0} if gpu else {})}
-    strategy = replica_strategy(bundle, devices, [n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    strategy = replica_strategy(bundle, devices, [n["Resources"] for n in ray.nodes() if n.get("Alive")],
+                                bool(launcher.get("split_replicas", False)))
     if strategy != "STRICT_PACK":
         print(f"splitnet train: warning: no node can hold the {devices} ranks of a replica "
-              f"({describe_resources(bundle)} each); replicas will span nodes", file=sys.stderr)
+              f"({describe_resources(bundle)} each); launcher.split_replicas=true: replicas will span nodes",
+              file=sys.stderr)
     groups = [placement_group([bundle] * devices, strategy=strategy) for _ in range(replicas)]
     actors: list[Any] = []
     try:
@@ -197,10 +207,10 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any], *,
            restart: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[Any]:
     """Run ``job(rank, world_size, cfg)`` on Ray actors; return their results by rank.
     ``restart``: the config all ranks start again with after one failed."""
+    launcher = cfg["launcher"]
+    started = connect(launcher)  # first: it must set Ray's environment before anything imports ray
     import ray
 
-    launcher = cfg["launcher"]
-    started = connect(launcher)
     try:
         failures = 0
         while True:

@@ -1,6 +1,8 @@
 """The cost model: what each device holds, computes and receives, from the plan alone.
 
-Per device, for SGD with momentum in float32 (``dtype_bytes``):
+Per device, for SGD with momentum; ``dtype_bytes`` is what activations and their exchanges
+take (4: float32, 2: bf16 compute), while master weights, their gradients and the
+optimizer's state stay at least float32 (``weight_bytes``):
 - parameters: the weight rows (and, in reduce mode, input columns) and bias rows of
   its shards; gradients the same; optimizer state one momentum buffer the same.
 - activations: everything else it holds at its peak moment of a step (memory.py walks
@@ -18,6 +20,12 @@ from __future__ import annotations
 from splitnet.model.spec import Layer, ModelSpec
 from splitnet.partition.memory import held_bytes
 from splitnet.partition.plan import DeviceCost, Placement, Shard
+
+
+def weight_bytes(dtype_bytes: int) -> int:
+    """Bytes of one parameter, gradient or momentum entry: bf16 (or narrower) compute keeps
+    float32 master weights, so the weights never go below 4 bytes."""
+    return max(dtype_bytes, 4)
 
 
 def shard_params(layer: Layer, shard: Shard) -> int:
@@ -54,14 +62,14 @@ def device_costs(spec: ModelSpec, placements: list[Placement], devices: int, bat
             rows = p.rows(batch, devices, rank)
             count = shard_params(layer, shard)
             params += count
-            per_layer[p.name] = count * dtype_bytes
+            per_layer[p.name] = count * weight_bytes(dtype_bytes)
             if layer.weighted:
                 block_rows, block_cols = _weight_block(layer, shard)
                 share = block_rows * block_cols / (layer.out * layer.in_per_group)
             else:
                 share = (shard.out[1] - shard.out[0]) / layer.out_shape[0]
             flops += round(3 * layer.flops * share * rows)
-        pbytes = params * dtype_bytes
+        pbytes = params * weight_bytes(dtype_bytes)
         held = held_bytes(spec, placements, rank, batch, devices, microbatches, dtype_bytes, per_layer, schedule,
                           chunks)
         costs.append(DeviceCost(rank, params, pbytes, pbytes, pbytes, held.peak - 3 * pbytes, flops, 0))

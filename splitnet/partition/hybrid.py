@@ -16,7 +16,7 @@ from math import prod
 
 from splitnet.model.spec import ModelSpec
 from splitnet.partition.columns import loss_placement, parted, shard_columns
-from splitnet.partition.cost import shard_params
+from splitnet.partition.cost import shard_params, weight_bytes
 from splitnet.partition.errors import PartitionError
 from splitnet.partition.plan import Exchange, Placement, Shard, ring_bytes, split
 
@@ -44,7 +44,7 @@ def hybrid(spec: ModelSpec, devices: int, exchange: str, batch: int, dtype_bytes
         fc_part[0] = Placement(head.name, head.op, head.shards, gather)
     rows = [*conv_part, *fc_part, loss_placement(spec, devices, batch, dtype_bytes, held)]
     conv_bytes = sum(shard_params(layer, Shard(0, (0, layer.out))) for layer in spec.layers[:first_fc]
-                     if layer.weighted) * dtype_bytes
+                     if layer.weighted) * weight_bytes(dtype_bytes)
     if devices > 1 and conv_bytes:
         rows.append(Placement("conv_grads", "conv_grads", (), Exchange(
             "grads", "none", "all_reduce", everyone, Fraction(0),

@@ -31,13 +31,12 @@ def planned_breakdown(cost: DeviceCost) -> dict[str, int]:
 def run_profile(cfg: dict[str, Any]) -> dict[str, Any]:
     from splitnet.launchers import choose_launcher
     from splitnet.profile.worker import profile_worker
-    from splitnet.train.preflight import require_float32
+    from splitnet.train.preflight import compute_bytes
 
     launcher = choose_launcher(cfg)
     cfg = launcher.prepare(cfg)
     spec = load_spec(cfg["model"])
-    require_float32(cfg)
-    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], 4)
+    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], compute_bytes(cfg))
     results = launcher.launch(profile_worker, plan.devices * plan.replicas, {**cfg, "plan": plan.to_dict()})
     times = time_split([r["waits"] for r in results], [r["step_s"] for r in results])
     exchanges, traffic_ok = compare_traffic(plan, results)

@@ -235,7 +235,9 @@ def read_run(run_dir: Path, name: str, overrides: dict[str, str]) -> Run:
         mine = [loss for ep, loss in losses.values() if ep == e["epoch"]]
         train_loss.append(statistics.fmean(mine) if mine else math.nan)
     per_step: dict[int, float] = {}
-    for r in steps:
+    # the reporting rank's bytes, and every other rank's from its own file (train writes metrics.jsonl alone)
+    others = [r for path in sorted((run_dir / "logs").glob("rank*.metrics.jsonl")) for r in _read_jsonl(path)]
+    for r in steps + [r for r in others if r.get("kind") == "step"]:
         per_step[r["step"]] = per_step.get(r["step"], 0.0) + r.get("comm_bytes", 0)
     speeds = [r["images_per_s"] for r in steps if "images_per_s" in r]
     params = None

@@ -3,7 +3,8 @@
 ``setup_rank(cfg, rank)`` is what train, verify, profile and bench call inside a worker
 function, after the launcher has joined the process group. It reads ``cfg["model"]``
 (the spec), ``cfg["plan"]`` (a ``Plan.to_dict()``), ``cfg["seed"]`` (the shard's
-initial weights) and ``cfg["comm"]["timeout_s"]``; the optimizer is ``sgd``, SGD with
+initial weights) and ``cfg["comm"]`` (``timeout_s``; ``nccl_rules`` and ``max_communicators``
+where set); the optimizer is ``sgd``, SGD with
 momentum from ``optim``, which the single-device runs a split is compared with (verify's
 reference, bench's contenders) build too. Every caller goes through here, so no two
 copies of this sequence can drift apart.
@@ -38,7 +39,9 @@ def open_transport(cfg: Mapping[str, Any], rank: int, *, kind: type[Transport] =
                    device: torch.device | None = None) -> Transport:
     """This rank's transport for ``cfg["plan"]``: its process groups, on ``device`` (default:
     the one the launcher selected). ``kind`` is a Transport subclass (the benchmarks' clocked one)."""
-    return kind(Plan.from_dict(cfg["plan"]), rank, device=device, timeout_s=cfg["comm"]["timeout_s"])
+    comm = cfg["comm"]
+    return kind(Plan.from_dict(cfg["plan"]), rank, device=device, timeout_s=comm["timeout_s"],
+                nccl_rules=comm.get("nccl_rules", False), max_communicators=comm.get("max_communicators", 16))
 
 
 def setup_rank(cfg: Mapping[str, Any], rank: int, *, optim: Mapping[str, Any],

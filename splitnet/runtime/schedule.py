@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from splitnet.comm.transport import Transport
 from splitnet.model.layers import set_step
+from splitnet.runtime.precision import compute
 from splitnet.runtime.shard import ShardNet
 
 Action = tuple[str, int]  # ("F", m): forward of micro-batch m; ("B", m): its backward
@@ -103,7 +104,8 @@ def pipeline_forward(shard: ShardNet, x: torch.Tensor, transport: Transport) -> 
     stage, stages = shard.mp_rank, shard.plan.devices
     first, _, in_shape, _ = _stage_shapes(shard)
     inp = x if stage == 0 else transport.recv((x.shape[0], *in_shape), stage - 1, 0, first, "fwd")
-    out = shard(inp)
+    with compute(transport):  # the stages hand each other the exchanges' dtype
+        out = shard(inp)
     if stage < stages - 1:
         transport.wait(transport.send(out.detach(), stage + 1, 0), first, "send")
         return None
@@ -148,9 +150,11 @@ def pipeline_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: 
                 inp.requires_grad_(True)
                 for done in releases.get(m, ()):
                     transport.wait(sent_bwd.pop(done), first, "send")
-            out = shard(inp)
+            with compute(transport):
+                out = shard(inp)
+                if last_stage:
+                    graphs[m] = loss_fn(out, y[m * mb:(m + 1) * mb], reduction="sum") / batch
             if last_stage:
-                graphs[m] = loss_fn(out, y[m * mb:(m + 1) * mb], reduction="sum") / batch
                 losses[m], logits[m] = graphs[m].detach(), out.detach()
             else:
                 sent_fwd[m] = transport.send(out.detach(), stage + 1, m)
@@ -163,7 +167,7 @@ def pipeline_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: 
         else:
             grad = transport.recv(tuple(outputs[m].shape), stage + 1, m_count + m, next_layer or "", "bwd")
             transport.wait(sent_fwd.pop(m), first, "send")
-            outputs[m].backward(grad)
+            outputs[m].backward(grad.to(outputs[m].dtype))  # sent in the exchanges' dtype
         inp = inputs.pop(m)
         del outputs[m]
         if stage > 0:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from splitnet.comm.buckets import GradBuckets
 from splitnet.comm.transport import Transport
 from splitnet.model.layers import set_step
+from splitnet.runtime.precision import compute
 from splitnet.runtime.schedule import pipeline_step
 from splitnet.runtime.shard import ShardNet
 
@@ -37,8 +38,9 @@ def forward_backward(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transpor
                                      before_last_backward=syncs.arm)
     else:
         set_step(shard, step, row_offset, full_batch)
-        logits = shard(x)
-        loss = F.cross_entropy(logits, y)
+        with compute(transport):
+            logits = shard(x)
+            loss = F.cross_entropy(logits, y)
         syncs.arm()
         loss.backward()
         loss, logits = loss.detach(), logits.detach()

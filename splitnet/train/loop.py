@@ -26,6 +26,7 @@ from splitnet.errors import SplitnetError
 from splitnet.model.spec import ModelSpec
 from splitnet.partition.plan import Plan
 from splitnet.runtime import ShardNet, forward_backward, open_transport, setup_rank
+from splitnet.runtime.precision import compute
 from splitnet.runtime.schedule import pipeline_forward
 from splitnet.train import checkpoint
 from splitnet.train.evaluate import pad_rows, score, scores_text, summarize
@@ -57,7 +58,7 @@ def log_tail(run_dir: Path, rank: int, lines: int = 10) -> str:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
-    # One write() per line on an O_APPEND file: lines from different ranks never interleave.
+    # One write() per line: a reader never sees half a record
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.write(fd, (json.dumps(record) + "\n").encode())
@@ -66,9 +67,10 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 
 
 def forward_only(shard: ShardNet, x: torch.Tensor, transport: Transport) -> torch.Tensor | None:
-    if shard.plan.strategy == "pipeline":
-        return pipeline_forward(shard, x, transport)
-    return shard(x)
+    with compute(transport):  # exchanges carry the compute dtype in evaluation too
+        if shard.plan.strategy == "pipeline":
+            return pipeline_forward(shard, x, transport)
+        return shard(x)
 
 
 def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan, cfg: dict[str, Any],
@@ -86,7 +88,7 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
         if shard.batch_split:  # hybrid devices take equal parts of a batch: pad a partial one
             x = pad_rows(x, plan.devices)
         out = forward_only(shard, x.to(transport.device), transport)
-        return None if out is None else out[:rows].cpu()
+        return None if out is None else out[:rows].float().cpu()
 
     counts = score(logits, loader)
     shard.train()
@@ -107,6 +109,10 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
     log = _logger(run_dir, rank, console=reporter)  # before the build: a rank killed in it still has a log
     me = setup_rank(cfg, rank, optim=ocfg, transport=transport)
     spec, plan, shard, opt = me.spec, me.plan, me.shard, me.optimizer
+    if tcfg.get("channels_last"):  # NHWC conv weights (and inputs below): tensor cores' layout
+        shard = shard.to(memory_format=torch.channels_last)
+    if transport.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tcfg.get("tf32", True))
     held = sum(p.numel() for p in shard.parameters())
     log.info(f"rank {rank} of {world_size}: replica {transport.replica}, device {transport.mp_rank}, "
              f"layers {', '.join(shard.names)}; {held:,} parameters held")
@@ -129,7 +135,10 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
             torch.set_rng_state(rng)
         step, first_epoch, skip = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         log.info(f"resumed from {ckpt} at step {step} (epoch {first_epoch}, batch {skip})")
-    metrics_path = run_dir / "metrics.jsonl"
+    # One writer per file: metrics.jsonl is the reporting rank's alone (appends from ranks on
+    # different nodes interleave on NFS, where O_APPEND is not atomic across clients); every
+    # other rank's step records (its bytes per layer) go to its own file beside its log
+    metrics_path = run_dir / "metrics.jsonl" if reporter else run_dir / "logs" / f"rank{rank}.metrics.jsonl"
     board = None
     if reporter and cfg.get("logging", {}).get("tensorboard"):
         try:
@@ -176,8 +185,13 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
             opt.zero_grad(set_to_none=True)
             transport.meter.reset()
             t0 = time.perf_counter()
-            result = forward_backward(shard, x.to(transport.device), y.to(transport.device), transport, step)
+            x, y = x.to(transport.device, non_blocking=True), y.to(transport.device, non_blocking=True)
+            if tcfg.get("channels_last"):
+                x = x.contiguous(memory_format=torch.channels_last)
+            result = forward_backward(shard, x, y, transport, step)
             opt.step()
+            if transport.device.type == "cuda":  # CUDA runs asynchronously: time the work, not its launch
+                torch.cuda.synchronize(transport.device)
             seconds = time.perf_counter() - t0
             step += 1
             record: dict[str, Any] = {

@@ -3,7 +3,7 @@
 ``preflight(cfg, run_dir)`` returns the model spec, the plan and the data set's description,
 or raises a ``SplitnetError`` whose one line names the key, its value and the fix:
 
-- the runtime's float32 and the evaluation settings (``eval.crops``, ``eval.batch_size``);
+- the runtime's precision (``train.precision``) and the evaluation settings (``eval.crops``, ``eval.batch_size``);
 - the mesh against the model (the partitioner's own errors: a width the devices cannot
   split, a batch hybrid devices cannot share, more stages than layers);
 - the data against the model: class count, image channels, stored image size and
@@ -46,7 +46,7 @@ def preflight(cfg: dict[str, Any], run_dir: Path) -> Checked:
     """Check a resolved training config; every failure is one line naming key, value and fix."""
     spec = load_spec(cfg["model"])
     check_runtime(cfg)
-    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], 4)
+    plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], compute_bytes(cfg))
     info = data_info(cfg["data"])
     check_data(cfg, spec, plan, info)
     if cfg["train"].get("resume"):
@@ -54,14 +54,23 @@ def preflight(cfg: dict[str, Any], run_dir: Path) -> Checked:
     return Checked(spec, plan, info)
 
 
-def require_float32(cfg: dict[str, Any]) -> None:
+PRECISIONS = {"fp32": 4, "bf16": 2}  # train.precision -> bytes of an activation and of what exchanges carry
+
+
+def compute_bytes(cfg: dict[str, Any]) -> int:
+    """The plan's ``dtype_bytes`` for ``train.precision``: bf16 computes under autocast and its
+    exchanges carry bf16 (half the bytes); master weights and optimizer state stay float32."""
+    precision = cfg.get("train", {}).get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise SplitnetError(f"train.precision={precision!r}; valid: fp32, bf16")
     if cfg.get("dtype_bytes", 4) != 4:
-        raise SplitnetError(f"dtype_bytes={cfg.get('dtype_bytes')!r}: the runtime computes in float32 "
-                            "(dtype_bytes=4); other sizes are for `splitnet plan` estimates only")
+        raise SplitnetError(f"dtype_bytes={cfg.get('dtype_bytes')!r}: the runtime computes in float32 or bf16 "
+                            "(set train.precision=bf16); other sizes are for `splitnet plan` estimates only")
+    return PRECISIONS[precision]
 
 
 def check_runtime(cfg: dict[str, Any]) -> None:
-    require_float32(cfg)
+    compute_bytes(cfg)
     if cfg["launcher"].get("name") == "ray" and importlib.util.find_spec("ray") is None:
         raise SplitnetError('launcher=ray needs Ray, an optional extra: pip install "splitnet[ray]"')
     ev = cfg["eval"]
