@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from splitnet.model.spec import load_spec
 from splitnet.partition import Mesh, PartitionError, make_plan
+from tests.conftest import CONF
 
 GTX580 = 3 * 2**30   # 3 GiB
 
@@ -69,17 +72,37 @@ def test_nothing_fits_says_by_how_much(alexnet):
     assert message.endswith("too many")
 
 
-def test_no_candidate_can_split_the_model(alexnet_small):
-    # 11 devices: fc8 has 10 outputs, so columns and hybrid cannot shard it; pipelines can
-    plan = auto(alexnet_small, devices=11)
+def test_no_candidate_can_split_the_model():
+    # 3 devices: fc8 has 2 outputs, so columns and hybrid cannot shard it; pipelines can
+    raw = yaml.safe_load((CONF / "model" / "alexnet_small.yaml").read_text())
+    raw["layers"][-1]["out"] = 2
+    plan = auto(load_spec(raw), devices=3)
     errors = [r for r in plan.candidates if "error" in r]
     assert [r["strategy"] for r in errors] == ["columns", "columns", "hybrid"]
     assert plan.strategy == "pipeline"
 
 
+def test_auto_past_the_pipeline_limit_picks_a_plan_where_every_rank_holds_parameters(alexnet_small):
+    plan = auto(alexnet_small, devices=9)
+    assert [r["strategy"] for r in plan.candidates if "error" in r] == ["pipeline", "pipeline"]
+    assert plan.strategy in ("columns", "hybrid")
+    assert all(c.param_count > 0 for c in plan.costs)
+
+
+@pytest.mark.parametrize("devices", [11, 20])
+def test_auto_never_picks_a_rank_without_parameters(alexnet_small, devices):
+    # alexnet_small has 8 layers with weights and fc8 is 10 wide: past 8 devices a pipeline
+    # leaves a stage without weights, and columns past 10 a device without channels
+    with pytest.raises(PartitionError, match=rf"auto: no strategy can split this model: .*pipeline: "
+                                             rf"mesh.devices={devices} stages but alexnet_small has only 8 "
+                                             r"layers with weights"):
+        auto(alexnet_small, devices=devices)
+
+
 def test_no_strategy_at_all(alexnet_small):
     with pytest.raises(PartitionError, match=r"auto: no strategy can split this model: columns: layer 'fc8'"
-                                             r".*pipeline: mesh.devices=24 stages but alexnet_small has only 23"):
+                                             r".*pipeline: mesh.devices=24 stages but alexnet_small has only 8 "
+                                             r"layers with weights"):
         auto(alexnet_small, devices=24)
 
 

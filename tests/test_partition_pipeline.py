@@ -156,9 +156,9 @@ def test_one_boundary_may_be_a_bare_name(alexnet):
     assert list(plan.exchanges()) == ["fc6"]
 
 
-def test_more_stages_than_layers(alexnet_small):
-    with pytest.raises(PartitionError, match=r"mesh.devices=24 stages but alexnet_small has only 23 layers; "
-                                             r"use mesh.devices <= 23"):
+def test_more_stages_than_layers_with_weights(alexnet_small):
+    with pytest.raises(PartitionError, match=r"mesh.devices=24 stages but alexnet_small has only 8 layers with "
+                                             r"weights, .*; use mesh.devices <= 8, or partition=columns"):
         pipeline(alexnet_small, 24)
 
 
@@ -197,3 +197,20 @@ def test_microbatches_must_be_a_whole_number(alexnet_small):
 
     with pytest.raises(PartitionError, match="microbatches=2.5"):
         make_plan(alexnet_small, {"strategy": "pipeline", "microbatches": 2.5}, Mesh(2), 8)
+
+
+@pytest.mark.parametrize("balance", ["flops", "params"])
+def test_every_stage_holds_a_layer_with_weights(alexnet_small, balance):
+    weighted = {layer.name for layer in alexnet_small.layers if layer.params}
+    for stages in range(1, len(weighted) + 1):
+        plan = make_plan(alexnet_small, {"strategy": "pipeline", "balance": balance}, Mesh(devices=stages), 16)
+        for stage in range(stages):
+            held = {p.name for p in plan.layers if p.stage == stage}
+            assert held & weighted, (stages, stage, held)
+        assert all(c.param_count > 0 for c in plan.costs)
+
+
+def test_boundaries_that_leave_a_stage_without_weights(alexnet_small):
+    with pytest.raises(PartitionError, match=r"leave stage 1 \(relu1, norm1, pool1\) without a layer with "
+                                             r"weights: .*every stage holds a conv or linear"):
+        pipeline(alexnet_small, 3, boundaries=["relu1", "conv2"])

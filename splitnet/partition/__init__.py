@@ -93,6 +93,10 @@ def _build(spec: ModelSpec, strategy: str, cfg: Mapping[str, Any], mesh: Mesh, b
     else:
         raise PartitionError(f"partition.strategy={strategy!r}; valid: {', '.join(STRATEGIES)}")
     costs = device_costs(spec, rows, d, batch, dtype_bytes, microbatches, schedule, chunks)
+    idle = [c.rank for c in costs if c.param_count == 0]
+    if idle:  # its optimizer would hold nothing, and SGD refuses an empty parameter list
+        raise PartitionError(f"{strategy}: mesh.devices={d} leaves rank(s) {idle} without a parameter to "
+                             "train; use fewer mesh.devices or another partition")
     if mesh.replicas > 1:
         r = mesh.replicas
         per_rank = tuple((c.rank, ring_bytes("none", 0, r), ring_bytes("all_reduce", c.param_bytes, r))

@@ -16,17 +16,23 @@ from splitnet.partition.errors import PartitionError
 from splitnet.partition.plan import Exchange, Placement, Shard
 
 
-def balanced_starts(costs: Sequence[int], stages: int, cut_bytes: Sequence[int] | None = None) -> list[int]:
+def balanced_starts(costs: Sequence[int], stages: int, cut_bytes: Sequence[int] | None = None,
+                    weighted: Sequence[bool] | None = None) -> list[int]:
     """First layer index of each stage, minimising the largest stage sum (each stage non-empty).
 
     Among the cuts that reach that minimum, the one whose boundaries send the fewest bytes
     (``cut_bytes[i]``: what a cut before layer i sends) wins; weightless layers cost almost
-    nothing, so without this the cut would land on either side of them by chance.
+    nothing, so without this the cut would land on either side of them by chance. With
+    ``weighted``, every stage holds at least one layer marked True: a stage without
+    parameters has nothing to train, and its rank's optimizer would hold nothing.
     """
     n = len(costs)
     prefix = [0]
     for c in costs:
         prefix.append(prefix[-1] + c)
+    held = [0]
+    for w in weighted or [True] * n:
+        held.append(held[-1] + bool(w))
     inf = float("inf")
 
     def solve(key: object) -> tuple[list[list[float]], list[list[int]]]:
@@ -36,6 +42,8 @@ def balanced_starts(costs: Sequence[int], stages: int, cut_bytes: Sequence[int] 
         for s in range(1, stages + 1):
             for i in range(s, n + 1):
                 for j in range(s - 1, i):
+                    if held[i] == held[j]:
+                        continue
                     value = key(best[s - 1][j], j, i)  # type: ignore[operator]
                     if value < best[s][i]:
                         best[s][i], cut[s][i] = value, j
@@ -54,10 +62,11 @@ def balanced_starts(costs: Sequence[int], stages: int, cut_bytes: Sequence[int] 
 
 
 def stage_starts(spec: ModelSpec, stages: int, balance: str, boundaries: Sequence[str] | None) -> list[int]:
-    n = len(spec.layers)
-    if stages > n:
-        raise PartitionError(f"pipeline: mesh.devices={stages} stages but {spec.name} has only {n} "
-                             f"layers; use mesh.devices <= {n}")
+    weighted = [layer.params > 0 for layer in spec.layers]
+    if stages > sum(weighted):
+        raise PartitionError(f"pipeline: mesh.devices={stages} stages but {spec.name} has only {sum(weighted)} "
+                             f"layers with weights, and every stage needs one to train; use mesh.devices <= "
+                             f"{sum(weighted)}, or partition=columns")
     if isinstance(boundaries, str):  # `partition.boundaries=fc6` on the command line: one name
         boundaries = [boundaries]
     if boundaries:
@@ -73,11 +82,16 @@ def stage_starts(spec: ModelSpec, stages: int, balance: str, boundaries: Sequenc
         if any(a >= b for a, b in zip(starts, starts[1:], strict=False)) or starts[1:2] == [0]:
             raise PartitionError(f"pipeline: partition.boundaries={list(boundaries)} must be layers in "
                                  "model order, after the first layer, each stage non-empty")
+        for stage, (a, b) in enumerate(zip(starts, [*starts[1:], len(names)], strict=True)):
+            if not any(weighted[a:b]):
+                raise PartitionError(f"pipeline: partition.boundaries={list(boundaries)} leave stage {stage} "
+                                     f"({', '.join(names[a:b])}) without a layer with weights: it would have "
+                                     "nothing to train; move a boundary so every stage holds a conv or linear")
         return starts
     if balance not in ("flops", "params"):
         raise PartitionError(f"pipeline: partition.balance={balance!r}; valid: flops, params")
     costs = [layer.flops if balance == "flops" else layer.params for layer in spec.layers]
-    return balanced_starts(costs, stages, [prod(layer.in_shape) for layer in spec.layers])
+    return balanced_starts(costs, stages, [prod(layer.in_shape) for layer in spec.layers], weighted)
 
 
 def pipeline(spec: ModelSpec, stages: int, balance: str, boundaries: Sequence[str] | None,
