@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -54,16 +55,29 @@ class DataConfig:
                 raise DataError(f"data.{key}={getattr(self, key)!r}; valid: {', '.join(valid)}")
         positive = ["num_classes", "train_batches", "val_batches"]
         for key in positive:
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+            if not _integer(getattr(self, key)) or getattr(self, key) < 1:
                 raise DataError(f"data.{key} must be an integer >= 1, got {getattr(self, key)!r}")
         for key in ["workers", "shuffle_buffer"]:
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+            if not _integer(getattr(self, key)) or getattr(self, key) < 0:
                 raise DataError(f"data.{key} must be an integer >= 0, got {getattr(self, key)!r}")
-        if self.pca_std < 0:
-            raise DataError(f"data.pca_std must be >= 0, got {self.pca_std}")
-        if not 0 < self.fraction <= 1:
+        for key in ["augment", "flip"]:
+            if not isinstance(getattr(self, key), bool):
+                raise DataError(f"data.{key}={getattr(self, key)!r} must be true or false")
+        if not _number(self.pca_std) or self.pca_std < 0:
+            raise DataError(f"data.pca_std must be >= 0 (a number), got {self.pca_std!r}")
+        if not _number(self.fraction) or not 0 < self.fraction <= 1:
             raise DataError(f"data.fraction={self.fraction!r} must be in (0, 1]; 1 uses the whole training split")
-        if self.side is not None and self.side < 1:
-            raise DataError(f"data.side must be >= 1 or null, got {self.side}")
+        if not _integer(self.subset_seed) or self.subset_seed < 0:
+            raise DataError(f"data.subset_seed={self.subset_seed!r} must be an integer >= 0")
+        if self.side is not None and (not _integer(self.side) or self.side < 1):
+            raise DataError(f"data.side must be an integer >= 1 or null, got {self.side!r}")
         if self.kind == "shards" and self.root is None and self.train is None:
             raise DataError("data.kind=shards needs data.root (the directory with meta.json)")
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -3,7 +3,11 @@
 ``preflight(cfg, run_dir)`` returns the model spec, the plan and the data set's description,
 or raises a ``SplitnetError`` whose one line names the key, its value and the fix:
 
+- the keys a worker reads: ``seed``, ``optim.*`` (what SGD and the lr schedule accept),
+  ``train.*``, ``eval.*`` and ``comm.*``, each of the right type and range;
 - the runtime's precision (``train.precision``) and the evaluation settings (``eval.crops``, ``eval.batch_size``);
+- sizes no machine holds: simulated ranks whose planned memory exceeds this machine's, a
+  ``data.side`` far past the model's input, more data workers than cores can serve;
 - the mesh against the model (the partitioner's own errors: a width the devices cannot
   split, a batch hybrid devices cannot share, more stages than layers);
 - the data against the model: class count, image channels, stored image size and
@@ -20,6 +24,8 @@ never imports torch.distributed, Ray or Hydra.
 from __future__ import annotations
 
 import importlib.util
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +51,10 @@ class Checked:
 def preflight(cfg: dict[str, Any], run_dir: Path) -> Checked:
     """Check a resolved training config; every failure is one line naming key, value and fix."""
     spec = load_spec(cfg["model"])
+    check_keys(cfg)
     check_runtime(cfg)
     plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], compute_bytes(cfg))
+    check_scale(cfg, spec, plan)
     info = data_info(cfg["data"])
     check_data(cfg, spec, plan, info)
     if cfg["train"].get("resume"):
@@ -167,3 +175,108 @@ def _position_keys(data: dict[str, Any]) -> dict[str, Any]:
     """The data keys a mid-epoch position depends on: all but data.workers, which only
     decides which process decodes a batch, never which batch comes next."""
     return {k: v for k, v in data.items() if k != "workers"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _need(ok: bool, key: str, value: Any, valid: str) -> None:
+    if not ok:
+        raise SplitnetError(f"{key}={value!r}: {valid}")
+
+
+def _known(group: str, given: dict[str, Any], known: set[str]) -> None:
+    if not isinstance(given, dict):
+        raise SplitnetError(f"{group}={given!r} must be a mapping with keys {sorted(known)}")
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise SplitnetError(f"{group}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+
+
+OPTIM_KEYS = {"lr", "momentum", "weight_decay", "schedule", "factor", "patience", "max_cuts", "milestones",
+              "warmup_steps"}
+TRAIN_KEYS = {"epochs", "checkpoint_every", "keep", "resume", "run_dir", "max_steps", "log_every"}
+EVAL_KEYS = {"enabled", "crops", "batch_size"}
+COMM_KEYS = {"timeout_s", "backend"}
+
+
+def check_keys(cfg: dict[str, Any]) -> None:
+    """The keys a worker reads, each refused here rather than in every rank that reads it."""
+    _need(_is_int(cfg.get("seed")) and cfg["seed"] >= 0, "seed", cfg.get("seed"), "must be an integer >= 0")
+    optim = cfg["optim"]
+    _known("optim", optim, OPTIM_KEYS)
+    lr = optim.get("lr")
+    _need(_is_number(lr) and lr > 0, "optim.lr", lr, "must be a number > 0, e.g. 0.01 (the paper's)")
+    momentum = optim.get("momentum", 0)
+    _need(_is_number(momentum) and 0 <= momentum < 1, "optim.momentum", momentum,
+          "must be a number from 0 (plain SGD) to below 1, e.g. 0.9 (the paper's)")
+    decay = optim.get("weight_decay", 0)
+    _need(_is_number(decay) and decay >= 0, "optim.weight_decay", decay,
+          "must be a number >= 0, e.g. 0.0005 (the paper's)")
+    schedule = optim.get("schedule", "plateau")
+    _need(schedule in ("plateau", "step", "constant"), "optim.schedule", schedule, "valid: plateau, step, constant")
+    factor = optim.get("factor", 0.1)
+    _need(_is_number(factor) and 0 < factor <= 1, "optim.factor", factor,
+          "the lr is multiplied by it at each cut: a number in (0, 1], e.g. 0.1")
+    for key in ("patience", "max_cuts", "warmup_steps"):
+        value = optim.get(key, 0)
+        _need(_is_int(value) and value >= 0, f"optim.{key}", value, "must be an integer >= 0")
+    milestones = optim.get("milestones") or []
+    _need(isinstance(milestones, list) and all(_is_int(m) and m >= 1 for m in milestones), "optim.milestones",
+          milestones, "must be a list of epochs >= 1 after which the lr is cut, e.g. [30, 60]")
+    train = cfg["train"]
+    _known("train", train, TRAIN_KEYS)
+    for key, least in (("epochs", 1), ("checkpoint_every", 0), ("keep", 1), ("max_steps", 0), ("log_every", 1)):
+        value = train.get(key, least)
+        _need(_is_int(value) and value >= least, f"train.{key}", value, f"must be an integer >= {least}")
+    for key in ("resume", "run_dir"):
+        value = train.get(key)
+        _need(value is None or isinstance(value, str), f"train.{key}", value, "must be a path or null")
+    _known("eval", cfg["eval"], EVAL_KEYS)
+    enabled = cfg["eval"].get("enabled", True)
+    _need(isinstance(enabled, bool), "eval.enabled", enabled, "must be true or false")
+    comm = cfg.get("comm", {})
+    _known("comm", comm, COMM_KEYS)
+    timeout = comm.get("timeout_s", 300)
+    _need(_is_number(timeout) and timeout > 0, "comm.timeout_s", timeout,
+          "must be a number of seconds > 0, e.g. 300")
+    backend = comm.get("backend", "auto")
+    _need(backend in ("auto", "nccl", "gloo"), "comm.backend", backend, "valid: auto, nccl, gloo")
+
+
+# A shorter side past this many times the model's input only spends memory: the crop is
+# the input size, and the paper rescales 256 for 224.
+SIDE_LIMIT = 8
+# DataLoader processes per replica beyond this many per core only wait for a core.
+WORKERS_PER_CORE = 4
+
+
+def check_scale(cfg: dict[str, Any], spec: ModelSpec, plan: Plan) -> None:
+    """Sizes that pass every type check but that no machine runs: refused before a rank
+    allocates them and dies of it."""
+    side, size = cfg["data"].get("side"), spec.input_size
+    if _is_int(side) and side > SIDE_LIMIT * size:
+        raise SplitnetError(f"data.side={side} rescales every image far past the {size}x{size} input of "
+                            f"model {spec.name!r}; use data.side <= {SIDE_LIMIT * size} (the paper: 256 for 224), "
+                            "or null")
+    workers, cores = cfg["data"].get("workers", 0), os.cpu_count() or 1
+    if _is_int(workers) and workers > WORKERS_PER_CORE * cores:
+        raise SplitnetError(f"data.workers={workers} DataLoader processes per replica on a machine with {cores} "
+                            f"core(s); use data.workers <= {WORKERS_PER_CORE * cores}")
+    if cfg.get("launcher", {}).get("name", "simulate") != "simulate":
+        return  # other launchers place ranks on machines this process does not see
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    # evaluation holds no gradients, but its batches may be larger than training's
+    scale = max(1.0, cfg["eval"]["batch_size"] * cfg["eval"]["crops"] / plan.batch_size)
+    need = plan.replicas * sum(c.memory_bytes - c.activation_bytes + c.activation_bytes * scale
+                               for c in plan.costs)
+    if need > host:
+        raise SplitnetError(f"batch_size={plan.batch_size}, eval.batch_size={cfg['eval']['batch_size']}: the "
+                            f"plan's {plan.devices * plan.replicas} simulated ranks need about "
+                            f"{need / 2**30:,.1f} GiB together, more than this machine's {host / 2**30:,.1f} "
+                            "GiB; use a smaller batch_size or eval.batch_size")
