@@ -183,6 +183,7 @@ def test_bad_samples_are_skipped_and_counted(damaged, caplog) -> None:
     # positions 0..37 of the epoch hold 36 good samples; each bad one's place repeats one of them
     assert len(set(ids)) == 36 and not set(ids) & {int(k) for k in keys}
     assert any(keys[0] in r.getMessage() and shard.name in r.getMessage() for r in caplog.records)
+    assert {k: (d.cut, d.undecodable) for k, d in ld.damage.items()} == {str(shard.resolve()): (0, 2)}
 
 
 def test_resume_is_exact_when_bad_samples_fall_in_the_skipped_part(damaged) -> None:
@@ -206,14 +207,22 @@ def test_bad_samples_raise_with_their_location(damaged, workers: int) -> None:
         batches(loader(root, batch_size=19, shuffle_buffer=0, on_error="raise", workers=workers))
 
 
-def test_a_truncated_shard_is_skipped(tmp_path) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_truncated_shard_is_skipped_and_named_with_the_samples_it_lost(tmp_path, workers) -> None:
     source = ArraySource(identity_images(40), np.arange(40) % 4)
     write_shard_set(source, tmp_path, per_shard=10, progress=False)
     shard = tmp_path / "train-000002.tar"
+    with tarfile.open(shard) as tar:
+        held = {int(Path(m.name).stem) for m in tar.getmembers()}  # a sample's key is its id
     shard.write_bytes(shard.read_bytes()[:3000])
-    ld = loader(tmp_path, batch_size=10)
-    assert [len(y) for _, y in ld] == [10] * 4  # the stream wraps around to fill the epoch
+    ld = loader(tmp_path, batch_size=10, workers=workers)
+    got = [ids_of(x, tmp_path) for x, _ in ld]
+    assert [len(ids) for ids in got] == [10] * 4  # the stream wraps around to fill the epoch
     assert ld.stats["skipped"] >= 1
+    kept = {i for ids in got for i in ids} & held
+    assert set(ld.damage) == {str(shard.resolve())}
+    lost = ld.damage[str(shard.resolve())]
+    assert 0 < lost.samples == 10 - len(kept) and "unreadable tar data" in lost.reason
     with pytest.raises(BadSampleError, match="train-000002.tar: the rest of the shard: unread"):
         batches(loader(tmp_path, batch_size=10, on_error="raise"))
 

@@ -20,6 +20,7 @@ import logging
 import multiprocessing as mp
 import random
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from itertools import count, cycle, islice
 from typing import Any
@@ -96,6 +97,20 @@ def decode(sample: dict[str, Any], num_classes: int) -> tuple[np.ndarray, int]:
     return image, label
 
 
+@dataclass(frozen=True)
+class Damage:
+    """What one shard lost: samples after its tar data broke off, samples that did not
+    decode, and the first reason."""
+
+    cut: int
+    undecodable: int
+    reason: str
+
+    @property
+    def samples(self) -> int:
+        return self.cut + self.undecodable
+
+
 class ReplicaStream(IterableDataset):
     """One replica's batches for one epoch; in a DataLoader each worker serves one stream.
 
@@ -109,7 +124,8 @@ class ReplicaStream(IterableDataset):
     (with the augmentation of its position), so every batch is full and no later batch
     moves: a resumed epoch gets the same batches whatever was skipped before them.
     Val (``exact``): one pass, no replacement; the last batch may be partial, so every
-    readable sample is scored exactly once. Items are (images, labels, role, skipped).
+    readable sample is scored exactly once. Items are (images, labels, role, skipped, damage):
+    ``damage`` names each shard that lost samples, how many and why (``Damage``).
     """
 
     def __init__(self, shards: list[str], counts: dict[str, int], *, split: str,
@@ -130,6 +146,10 @@ class ReplicaStream(IterableDataset):
         self.on_error = on_error
         self.key = (seed, epoch, replica)
         self.skipped = 0
+        self.broken_off: set[str] = set()
+        self.cut: dict[str, int] = {}  # shard -> samples lost after its tar data became unreadable
+        self.bad_keys: dict[str, set[str]] = {}  # shard -> keys of samples that did not decode
+        self.reasons: dict[str, str] = {}
 
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
@@ -157,9 +177,13 @@ class ReplicaStream(IterableDataset):
                 [shard], shardshuffle=False, nodesplitter=None, workersplitter=None,
                 empty_check=False, handler=partial(self.shard_error, shard), seed=0,
             )
+            read = 0
             for sample in dataset:
+                read += 1
                 if in_subset(str(sample.get("__key__")), *self.subset):
                     yield shard, sample
+            if shard in self.broken_off:
+                self.cut[shard] = max(0, self.counts.get(shard, read) - read)
 
     def sequence(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """The replica's sample sequence: one pass (val), or pass after pass (train).
@@ -185,17 +209,25 @@ class ReplicaStream(IterableDataset):
     def shard_error(self, shard: str, exn: Exception) -> bool:
         """webdataset's handler for unreadable tar files: skip the rest of the shard, or raise."""
         reason = exn.args[0] if exn.args else repr(exn)
+        self.broken_off.add(shard)
         self.bad(shard, "the rest of the shard", f"unreadable tar data: {reason}")
         return True
 
-    def bad(self, shard: str, what: str, reason: str) -> None:
+    def bad(self, shard: str, what: str, reason: str, key: str | None = None) -> None:
         if self.on_error == "raise":
             raise BadSampleError(
                 f"{shard}: {what}: {reason} (data.on_error=raise; "
                 "data.on_error=skip skips and counts such samples)"
             )
         self.skipped += 1
+        self.reasons.setdefault(shard, reason)
+        if key is not None:
+            self.bad_keys.setdefault(shard, set()).add(key)
         log.warning("skipping %s in %s: %s", what, shard, reason)
+
+    def damage(self) -> dict[str, Damage]:
+        return {shard: Damage(self.cut.get(shard, 0), len(self.bad_keys.get(shard, ())), reason)
+                for shard, reason in self.reasons.items()}
 
     def role_stream(self, role: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int]]:
         skip, todo = role_batches(role, self.roles, self.n_batches, self.start)
@@ -212,7 +244,7 @@ class ReplicaStream(IterableDataset):
                 return
             batch = self.batch(k, raw)
             if batch is not None:
-                yield (*batch, role, self.skipped)
+                yield (*batch, role, self.skipped, self.damage())
 
     def batch(self, k: int, raw: list[tuple[str, dict[str, Any]]]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Batch ``k`` from its raw samples (positions k*B ...), decoded and augmented; None
@@ -222,7 +254,7 @@ class ReplicaStream(IterableDataset):
             try:
                 decoded.append(decode(sample, self.num_classes))
             except Malformed as exn:
-                self.bad(shard, f"sample {sample.get('__key__')!r}", str(exn))
+                self.bad(shard, f"sample {sample.get('__key__')!r}", str(exn), str(sample.get("__key__")))
                 decoded.append(None)
         good = [d for d in decoded if d is not None]
         if not good:
@@ -251,7 +283,8 @@ class ReplicaStream(IterableDataset):
 
 
 class ShardLoader:
-    """``len()`` batches of (images, labels); ``stats`` counts skipped bad samples."""
+    """``len()`` batches of (images, labels); ``stats`` counts skipped bad samples, and
+    ``damage`` names each shard that lost samples (``Damage``) so the loop can report it."""
 
     synthetic = False
 
@@ -259,12 +292,14 @@ class ShardLoader:
         self.stream = stream
         self.workers = workers
         self.stats: dict[str, int] = {"skipped": 0, "batches": 0}
+        self.damage: dict[str, Damage] = {}
 
     def __len__(self) -> int:
         return self.stream.n_batches - self.stream.start
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.stats = {"skipped": 0, "batches": 0}
+        self.damage = {}
         self.stream.skipped = 0
         source: Iterable[Any] = (
             DataLoader(self.stream, batch_size=None, num_workers=self.workers, multiprocessing_context=WORKER_START)
@@ -272,19 +307,33 @@ class ShardLoader:
             else self.stream
         )
         skipped_by_role: dict[int, int] = {}
+        damage_by_role: dict[int, dict[str, Damage]] = {}
         failure: DataError | None = None
         for item in source:
             if isinstance(item, DataError):
                 failure = item
                 break
-            images, labels, role, skipped = item
+            images, labels, role, skipped, damage = item
             # Each worker process counts its own skips; the latest count per stream is its total.
             skipped_by_role[role] = skipped
             self.stats["skipped"] = sum(skipped_by_role.values())
+            damage_by_role[role] = damage
+            self.damage = merged(damage_by_role.values())
             self.stats["batches"] += 1
             yield images, labels
         if failure is not None:
             raise failure
+
+
+def merged(streams: Iterable[dict[str, Damage]]) -> dict[str, Damage]:
+    """One replica's damage from its streams: each stream reads every sample, so a broken-off
+    tar loses the same samples in each, but decodes only its own batches."""
+    out: dict[str, Damage] = {}
+    for damage in streams:
+        for shard, d in damage.items():
+            was = out.get(shard, Damage(0, 0, d.reason))
+            out[shard] = Damage(max(was.cut, d.cut), was.undecodable + d.undecodable, was.reason)
+    return out
 
 
 def check_skip(skip_batches: int, n_batches: int) -> None:

@@ -66,6 +66,20 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def report_damage(damage: dict[str, Any], reported: set[str], log: logging.Logger, metrics_path: Path,
+                  rank: int, epoch: int, step: int) -> None:
+    """Each shard that lost samples, once per run: which file, how many samples, and why; the
+    job trains on with the rest (data.on_error=skip)."""
+    for shard, lost in sorted(damage.items()):
+        if shard in reported:
+            continue
+        reported.add(shard)
+        log.warning(f"data: skipped {lost.samples} sample(s) of {shard} ({lost.reason}); training goes on "
+                    "with the other samples")
+        _append(metrics_path, {"kind": "data_skipped", "rank": rank, "epoch": epoch, "step": step, "file": shard,
+                               "samples": lost.samples, "reason": lost.reason})
+
+
 def forward_only(shard: ShardNet, x: torch.Tensor, transport: Transport) -> torch.Tensor | None:
     with compute(transport):  # exchanges carry the compute dtype in evaluation too
         if shard.plan.strategy == "pipeline":
@@ -168,6 +182,7 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
 
     final: dict[str, Any] = {}
     stop = False
+    damaged: set[str] = set()
     evaluating = cfg["eval"].get("enabled", True)
     every = int(cfg["eval"].get("every", 1))
     for epoch in range(first_epoch, tcfg["epochs"]):
@@ -215,6 +230,8 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
                 stop = True
                 break
         bar.close()
+        if transport.mp_rank == plan.output_rank:  # one rank per replica reads for all of it
+            report_damage(getattr(loader, "damage", {}), damaged, log, metrics_path, rank, epoch, step)
         complete = taken == total
         skip = 0
         # eval.every > 1 skips the scoring of epochs between (the last one is always scored)

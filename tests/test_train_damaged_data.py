@@ -1,0 +1,30 @@
+"""Damaged training data: a shard that breaks off is named, with the samples it lost, once
+per run, in the rank's log and in metrics.jsonl, and training goes on with the rest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_preflight import shard_set
+from tests.training import train
+
+
+@pytest.mark.timeout(300)
+def test_a_truncated_shard_among_readable_ones_is_named_once_and_training_goes_on(tmp_path):
+    root = Path(shard_set(tmp_path / "set", 60, 20, 36))  # train-000000.tar, train-000001.tar: 30 each
+    broken = (root / "train-000001.tar").resolve()
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    run = tmp_path / "run"
+    out = train(run, "data=cifar10", f"data.root={root}", "data.workers=0", "mesh.devices=1", "batch_size=10",
+                "eval.batch_size=10", "train.epochs=2", "optim.schedule=constant", "comm.timeout_s=60")
+    assert out["final"]["epoch"] == 1 and out["final"]["step"] == 12  # 60 samples in batches of 10, twice
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    damaged = [r for r in records if r["kind"] == "data_skipped"]
+    assert [(r["file"], r["epoch"]) for r in damaged] == [(str(broken), 0)]
+    lost = damaged[0]["samples"]
+    assert 0 < lost < 30 and "unreadable tar data" in damaged[0]["reason"]
+    log = (run / "logs" / "rank0.log").read_text()
+    assert log.count(f"data: skipped {lost} sample(s) of {broken} (unreadable tar data") == 1
