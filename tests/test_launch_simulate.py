@@ -17,7 +17,7 @@ import pytest
 from splitnet.comm import StalledExchange
 from splitnet.launchers.core import WorkerFailed
 from splitnet.launchers.simulate import launch
-from tests.splitting import plan_of, raising_job, stalling_job, verify_cfg
+from tests.splitting import dying_job, plan_of, raising_job, stalling_job, verify_cfg
 
 
 def _gone(pid: int) -> bool:
@@ -76,9 +76,23 @@ def test_a_stalled_peer_gives_the_timeout_error_naming_rank_and_layer():
     assert failed.value.rank == 0
     message = str(failed.value)
     assert StalledExchange.__name__ in message
-    assert "rank 0: the all_gather at layer 'conv3' did not complete within comm.timeout_s=3s" in message
+    assert ("rank 0: the all_gather at layer 'conv3' did not complete within comm.timeout_s=3s: a peer went "
+            "silent") in message
     assert multiprocessing.active_children() == []
     assert time.monotonic() - start < 45
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_that_exited_is_told_apart_from_one_that_went_silent(tmp_path):
+    # a timeout far beyond the test's: the error must come from the closed connection
+    cfg = verify_cfg(devices=2, timeout_s=600, exchange="gather")
+    plan = plan_of(cfg)
+    with pytest.raises(WorkerFailed):
+        launch(dying_job, 2, {**cfg, "plan": plan.to_dict(), "die_rank": 1, "out_dir": str(tmp_path)})
+    message = (tmp_path / "rank0.txt").read_text()
+    assert message.startswith("rank 0: the all_gather at layer 'conv3' failed after ")
+    assert "a peer closed its connection (it exited or crashed; its own error is the cause)" in message
+    assert "comm.timeout_s" not in message and "\n" not in message
 
 
 @pytest.mark.timeout(60)

@@ -7,7 +7,8 @@ pair, and the data-parallel groups. Exchanges name groups by model-parallel rank
 transport maps them to this replica's global ranks.
 
 Every wait carries ``comm.timeout_s``: a peer that never arrives turns into a
-``StalledExchange`` that names this rank, the layer and the collective.
+``StalledExchange`` that names this rank, the layer and the collective, and says whether
+the peer went silent for the whole timeout or closed its connection early.
 
 NCCL is stricter than gloo, and the same code runs on both: point-to-point transfers pair
 by their order within a process group (tags are ignored), so each lane's transfers travel
@@ -201,15 +202,25 @@ class Transport:
             else:
                 work.wait(self.timeout)
         except RuntimeError as exc:
-            raise StalledExchange(
-                f"rank {self.rank}: the {what} at layer {layer!r} did not complete within "
-                f"comm.timeout_s={self.timeout.total_seconds():g}s: a peer stalled or died ({exc})"
-            ) from exc
+            raise self.stalled(layer, what, (time.perf_counter_ns() - entered) / 1e9, exc) from exc
         issued = self._issued.pop(id(work), None)
         if self.waits is not None and issued is not None:
             keys, start = issued
             self.waits.append({"layer": layer, "what": what, "keys": keys, "issued": start,
                                "entered": entered, "left": time.perf_counter_ns()})
+
+    def stalled(self, layer: str, what: str, waited_s: float, exc: Exception) -> StalledExchange:
+        """Tell a peer that went silent for the whole timeout (stopped, hung, too slow) from one
+        whose connection closed early (it exited: its own error is the cause)."""
+        limit = self.timeout.total_seconds()
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = f"rank {self.rank}: the {what} at layer {layer!r}"
+        if waited_s >= limit or "timed out" in text.lower() or "timeout" in text.lower():
+            return StalledExchange(f"{where} did not complete within comm.timeout_s={limit:g}s: a peer went "
+                                   "silent (stopped, hung, or slower than the timeout; raise comm.timeout_s if "
+                                   f"it is only slow) ({text})")
+        return StalledExchange(f"{where} failed after {waited_s:.1f}s: a peer closed its connection (it exited "
+                               f"or crashed; its own error is the cause) ({text})")
 
     def barrier(self, what: str) -> None:
         """Wait for every rank (no payload, not metered): e.g. all checkpoint shards written."""
