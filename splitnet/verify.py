@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from splitnet.comm.meter import compare_traffic
 from splitnet.data.synthetic import random_batch
+from splitnet.keys import is_number, known, need, need_int
 from splitnet.model.seeding import stream_seed
 from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition import Mesh, make_plan
@@ -131,13 +132,30 @@ def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return abs_diff, float(b.double().abs().max()) if b.numel() else 0.0
 
 
+VERIFY_KEYS = {"steps", "batch_size", "lr", "momentum", "weight_decay", "rtol", "atol"}
+
+
+def check_verify(vcfg: dict[str, Any]) -> None:
+    """The ``verify`` group, refused in one line before a rank starts."""
+    known("verify", vcfg, VERIFY_KEYS)
+    need_int(vcfg, "verify", "steps", 1)
+    need_int(vcfg, "verify", "batch_size", 1)
+    for key, valid in (("lr", "> 0"), ("momentum", ">= 0 and < 1"), ("weight_decay", ">= 0"), ("rtol", ">= 0"),
+                       ("atol", ">= 0")):
+        value = vcfg.get(key)
+        ok = is_number(value) and (value > 0 if key == "lr" else value >= 0) and (key != "momentum" or value < 1)
+        need(ok, f"verify.{key}", value, f"must be a number {valid}")
+
+
 def run_verify(cfg: dict[str, Any]) -> dict[str, Any]:
     from splitnet.launchers.simulate import launch
     from splitnet.runtime import merge_state
-    from splitnet.train.preflight import compute_bytes
+    from splitnet.train.preflight import check_comm, compute_bytes
 
     spec = load_spec(cfg["model"])
     vcfg = cfg["verify"]
+    check_verify(vcfg)
+    check_comm(cfg.get("comm", {}))
     mesh = Mesh.from_dict(cfg["mesh"])
     plan = make_plan(spec, cfg["partition"], mesh, vcfg["batch_size"], compute_bytes(cfg))
     job_cfg = {**cfg, "plan": plan.to_dict()}

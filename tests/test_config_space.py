@@ -265,3 +265,31 @@ def test_a_sample_of_drawn_jobs_trains_a_step_and_evaluates_or_is_refused_in_one
 
     job()
     assert outcomes.count("trained") >= 2, outcomes
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["verify", "verify.steps=-1"], "splitnet verify: error: verify.steps=-1: must be an integer >= 1"),
+    (["verify", "verify.lr=-1"], "splitnet verify: error: verify.lr=-1: must be a number > 0"),
+    (["verify", "verify.rtol=abc"], "splitnet verify: error: verify.rtol='abc': must be a number >= 0"),
+    (["verify", "partition=pipeline", "mesh.devices=20"],
+     "splitnet verify: error: pipeline: mesh.devices=20 stages but alexnet_small has only 8 layers with weights, "
+     "and every stage needs one to train; use mesh.devices <= 8, or partition=columns"),
+    (["profile", "profile.steps=0"], "splitnet profile: error: profile.steps=0: must be an integer >= 1"),
+    (["profile", "optim.lr=-1"], "splitnet profile: error: optim.lr=-1: must be a number > 0, e.g. 0.01 (the paper's)"),
+    (["profile", "comm.timeout_s=0"],
+     "splitnet profile: error: comm.timeout_s=0: must be a number of seconds > 0, e.g. 300"),
+    (["bench", "throughput", "bench.rounds=0"], "splitnet bench: error: bench.rounds=0: must be an integer >= 1"),
+    (["bench", "data", "bench.data_workers=[-1]"],
+     "splitnet bench: error: bench.data_workers=[-1]: must be a list of DataLoader worker counts >= 0, e.g. [0, 2]"),
+    (["evaluate", "ckpt=/nonexistent"], "splitnet evaluate: error: no complete checkpoint in /nonexistent (looked for "
+                                        "step_*/meta.json there and in /nonexistent/checkpoints)"),
+    (["export", "ckpt=/nonexistent", "out=x.pt"],
+     "splitnet export: error: no complete checkpoint in /nonexistent (looked for step_*/meta.json there and in "
+     "/nonexistent/checkpoints)"),
+    (["report", "/nonexistent"], "splitnet report: error: /nonexistent: no such folder; give a run folder or a sweep "
+                                 "folder (splitnet train -m)"),
+])
+def test_every_command_refuses_bad_input_in_one_line_before_any_worker(capsys, no_workers, args, line):
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+    assert no_workers == [] and multiprocessing.active_children() == []

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from splitnet.errors import SplitnetError
+from splitnet.keys import is_int, known, need, need_int
+from splitnet.train.preflight import check_comm
 
 
 def _suites() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
@@ -21,6 +23,22 @@ def _suites() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
 NAMES = ("throughput", "bytes", "data", "all")
 
 
+BENCH_KEYS = {"rounds", "steps", "warmup", "replicas", "contenders", "chunks", "smoke", "smoke_batch", "data_images",
+              "data_batches", "data_workers"}
+
+
+def check_bench(b: dict[str, Any]) -> None:
+    """The ``bench`` group, refused in one line before a contender starts."""
+    known("bench", b, BENCH_KEYS)
+    for key, least in (("rounds", 1), ("steps", 1), ("warmup", 0), ("replicas", 1), ("chunks", 1),
+                       ("smoke_batch", 1), ("data_images", 1), ("data_batches", 1)):
+        need_int(b, "bench", key, least)
+    need(isinstance(b.get("smoke"), bool), "bench.smoke", b.get("smoke"), "must be true or false")
+    workers = b.get("data_workers")
+    need(isinstance(workers, list) and bool(workers) and all(is_int(w) and w >= 0 for w in workers),
+         "bench.data_workers", workers, "must be a list of DataLoader worker counts >= 0, e.g. [0, 2]")
+
+
 def run_suites(suite: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Run ``suite`` (or every one for ``all``); print each result (markdown, or one JSON line with
     ``format=json``) and write its files into ``out`` when given."""
@@ -28,6 +46,8 @@ def run_suites(suite: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
     if suite not in NAMES:
         raise SplitnetError(f"bench: unknown suite {suite!r}; choose one of {', '.join(NAMES)}")
+    check_bench(cfg["bench"])
+    check_comm(cfg.get("comm", {}))
     table = _suites()
     results: list[dict[str, Any]] = []
     for name in (list(table) if suite == "all" else [suite]):

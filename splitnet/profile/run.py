@@ -29,13 +29,18 @@ def planned_breakdown(cost: DeviceCost) -> dict[str, int]:
 
 
 def run_profile(cfg: dict[str, Any]) -> dict[str, Any]:
+    from splitnet.keys import known, need_int
     from splitnet.launchers import choose_launcher
     from splitnet.profile.worker import profile_worker
-    from splitnet.train.preflight import compute_bytes
+    from splitnet.train.preflight import check_comm, check_optim, compute_bytes
 
     launcher = choose_launcher(cfg)
     cfg = launcher.prepare(cfg)
     spec = load_spec(cfg["model"])
+    known("profile", cfg["profile"], {"steps"})
+    need_int(cfg["profile"], "profile", "steps", 1)
+    check_optim(cfg["optim"])
+    check_comm(cfg.get("comm", {}))
     plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], compute_bytes(cfg))
     results = launcher.launch(profile_worker, plan.devices * plan.replicas, {**cfg, "plan": plan.to_dict()})
     times = time_split([r["waits"] for r in results], [r["step_s"] for r in results])

@@ -24,7 +24,6 @@ never imports torch.distributed, Ray or Hydra.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from splitnet.data import DataInfo, data_info
 from splitnet.data.shardset import resolve
 from splitnet.data.subset import subset_size
 from splitnet.errors import SplitnetError
+from splitnet.keys import is_int, is_number, known, need, need_int
 from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import Plan
@@ -177,27 +177,6 @@ def _position_keys(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k != "workers"}
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
-
-
-def _need(ok: bool, key: str, value: Any, valid: str) -> None:
-    if not ok:
-        raise SplitnetError(f"{key}={value!r}: {valid}")
-
-
-def _known(group: str, given: dict[str, Any], known: set[str]) -> None:
-    if not isinstance(given, dict):
-        raise SplitnetError(f"{group}={given!r} must be a mapping with keys {sorted(known)}")
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise SplitnetError(f"{group}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-
-
 OPTIM_KEYS = {"lr", "momentum", "weight_decay", "schedule", "factor", "patience", "max_cuts", "milestones",
               "warmup_steps"}
 TRAIN_KEYS = {"epochs", "checkpoint_every", "keep", "resume", "run_dir", "max_steps", "log_every"}
@@ -207,46 +186,50 @@ COMM_KEYS = {"timeout_s", "backend"}
 
 def check_keys(cfg: dict[str, Any]) -> None:
     """The keys a worker reads, each refused here rather than in every rank that reads it."""
-    _need(_is_int(cfg.get("seed")) and cfg["seed"] >= 0, "seed", cfg.get("seed"), "must be an integer >= 0")
-    optim = cfg["optim"]
-    _known("optim", optim, OPTIM_KEYS)
-    lr = optim.get("lr")
-    _need(_is_number(lr) and lr > 0, "optim.lr", lr, "must be a number > 0, e.g. 0.01 (the paper's)")
-    momentum = optim.get("momentum", 0)
-    _need(_is_number(momentum) and 0 <= momentum < 1, "optim.momentum", momentum,
-          "must be a number from 0 (plain SGD) to below 1, e.g. 0.9 (the paper's)")
-    decay = optim.get("weight_decay", 0)
-    _need(_is_number(decay) and decay >= 0, "optim.weight_decay", decay,
-          "must be a number >= 0, e.g. 0.0005 (the paper's)")
-    schedule = optim.get("schedule", "plateau")
-    _need(schedule in ("plateau", "step", "constant"), "optim.schedule", schedule, "valid: plateau, step, constant")
-    factor = optim.get("factor", 0.1)
-    _need(_is_number(factor) and 0 < factor <= 1, "optim.factor", factor,
-          "the lr is multiplied by it at each cut: a number in (0, 1], e.g. 0.1")
-    for key in ("patience", "max_cuts", "warmup_steps"):
-        value = optim.get(key, 0)
-        _need(_is_int(value) and value >= 0, f"optim.{key}", value, "must be an integer >= 0")
-    milestones = optim.get("milestones") or []
-    _need(isinstance(milestones, list) and all(_is_int(m) and m >= 1 for m in milestones), "optim.milestones",
-          milestones, "must be a list of epochs >= 1 after which the lr is cut, e.g. [30, 60]")
+    need(is_int(cfg.get("seed")) and cfg["seed"] >= 0, "seed", cfg.get("seed"), "must be an integer >= 0")
+    check_optim(cfg["optim"])
     train = cfg["train"]
-    _known("train", train, TRAIN_KEYS)
+    known("train", train, TRAIN_KEYS)
     for key, least in (("epochs", 1), ("checkpoint_every", 0), ("keep", 1), ("max_steps", 0), ("log_every", 1)):
-        value = train.get(key, least)
-        _need(_is_int(value) and value >= least, f"train.{key}", value, f"must be an integer >= {least}")
+        need_int({key: train.get(key, least)}, "train", key, least)
     for key in ("resume", "run_dir"):
         value = train.get(key)
-        _need(value is None or isinstance(value, str), f"train.{key}", value, "must be a path or null")
-    _known("eval", cfg["eval"], EVAL_KEYS)
+        need(value is None or isinstance(value, str), f"train.{key}", value, "must be a path or null")
+    known("eval", cfg["eval"], EVAL_KEYS)
     enabled = cfg["eval"].get("enabled", True)
-    _need(isinstance(enabled, bool), "eval.enabled", enabled, "must be true or false")
-    comm = cfg.get("comm", {})
-    _known("comm", comm, COMM_KEYS)
+    need(isinstance(enabled, bool), "eval.enabled", enabled, "must be true or false")
+    check_comm(cfg.get("comm", {}))
+
+
+def check_optim(optim: dict[str, Any]) -> None:
+    """What SGD and the lr schedule accept (``train`` and ``profile`` step with them)."""
+    known("optim", optim, OPTIM_KEYS)
+    lr = optim.get("lr")
+    need(is_number(lr) and lr > 0, "optim.lr", lr, "must be a number > 0, e.g. 0.01 (the paper's)")
+    momentum = optim.get("momentum", 0)
+    need(is_number(momentum) and 0 <= momentum < 1, "optim.momentum", momentum,
+         "must be a number from 0 (plain SGD) to below 1, e.g. 0.9 (the paper's)")
+    decay = optim.get("weight_decay", 0)
+    need(is_number(decay) and decay >= 0, "optim.weight_decay", decay,
+         "must be a number >= 0, e.g. 0.0005 (the paper's)")
+    schedule = optim.get("schedule", "plateau")
+    need(schedule in ("plateau", "step", "constant"), "optim.schedule", schedule, "valid: plateau, step, constant")
+    factor = optim.get("factor", 0.1)
+    need(is_number(factor) and 0 < factor <= 1, "optim.factor", factor,
+         "the lr is multiplied by it at each cut: a number in (0, 1], e.g. 0.1")
+    for key in ("patience", "max_cuts", "warmup_steps"):
+        need_int({key: optim.get(key, 0)}, "optim", key, 0)
+    milestones = optim.get("milestones") or []
+    need(isinstance(milestones, list) and all(is_int(m) and m >= 1 for m in milestones), "optim.milestones",
+         milestones, "must be a list of epochs >= 1 after which the lr is cut, e.g. [30, 60]")
+
+
+def check_comm(comm: dict[str, Any]) -> None:
+    known("comm", comm, COMM_KEYS)
     timeout = comm.get("timeout_s", 300)
-    _need(_is_number(timeout) and timeout > 0, "comm.timeout_s", timeout,
-          "must be a number of seconds > 0, e.g. 300")
+    need(is_number(timeout) and timeout > 0, "comm.timeout_s", timeout, "must be a number of seconds > 0, e.g. 300")
     backend = comm.get("backend", "auto")
-    _need(backend in ("auto", "nccl", "gloo"), "comm.backend", backend, "valid: auto, nccl, gloo")
+    need(backend in ("auto", "nccl", "gloo"), "comm.backend", backend, "valid: auto, nccl, gloo")
 
 
 # A shorter side past this many times the model's input only spends memory: the crop is
@@ -260,12 +243,12 @@ def check_scale(cfg: dict[str, Any], spec: ModelSpec, plan: Plan) -> None:
     """Sizes that pass every type check but that no machine runs: refused before a rank
     allocates them and dies of it."""
     side, size = cfg["data"].get("side"), spec.input_size
-    if _is_int(side) and side > SIDE_LIMIT * size:
+    if is_int(side) and side > SIDE_LIMIT * size:
         raise SplitnetError(f"data.side={side} rescales every image far past the {size}x{size} input of "
                             f"model {spec.name!r}; use data.side <= {SIDE_LIMIT * size} (the paper: 256 for 224), "
                             "or null")
     workers, cores = cfg["data"].get("workers", 0), os.cpu_count() or 1
-    if _is_int(workers) and workers > WORKERS_PER_CORE * cores:
+    if is_int(workers) and workers > WORKERS_PER_CORE * cores:
         raise SplitnetError(f"data.workers={workers} DataLoader processes per replica on a machine with {cores} "
                             f"core(s); use data.workers <= {WORKERS_PER_CORE * cores}")
     if cfg.get("launcher", {}).get("name", "simulate") != "simulate":
