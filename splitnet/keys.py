@@ -32,12 +32,3 @@ def need_int(group: Mapping[str, Any], prefix: str, key: str, least: int) -> int
     value = group.get(key)
     need(is_int(value) and value >= least, f"{prefix}.{key}", value, f"must be an integer >= {least}")
     return value
-
-
-def known(prefix: str, given: Any, keys: set[str]) -> None:
-    """``given`` is a mapping with no key outside ``keys``."""
-    if not isinstance(given, Mapping):
-        raise SplitnetError(f"{prefix}={given!r} must be a mapping with keys {sorted(keys)}")
-    unknown = sorted(set(given) - keys)
-    if unknown:
-        raise SplitnetError(f"{prefix}: unknown key(s) {unknown}; valid keys: {sorted(keys)}")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from splitnet.errors import SplitnetError
-from splitnet.keys import is_int, known, need, need_int
+from splitnet.keys import is_int, need, need_int
 from splitnet.train.preflight import check_comm
 
 
@@ -23,13 +23,8 @@ def _suites() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
 NAMES = ("throughput", "bytes", "data", "all")
 
 
-BENCH_KEYS = {"rounds", "steps", "warmup", "replicas", "contenders", "chunks", "smoke", "smoke_batch", "data_images",
-              "data_batches", "data_workers"}
-
-
 def check_bench(b: dict[str, Any]) -> None:
     """The ``bench`` group, refused in one line before a contender starts."""
-    known("bench", b, BENCH_KEYS)
     for key, least in (("rounds", 1), ("steps", 1), ("warmup", 0), ("replicas", 1), ("chunks", 1),
                        ("smoke_batch", 1), ("data_images", 1), ("data_batches", 1)):
         need_int(b, "bench", key, least)

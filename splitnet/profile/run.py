@@ -29,7 +29,7 @@ def planned_breakdown(cost: DeviceCost) -> dict[str, int]:
 
 
 def run_profile(cfg: dict[str, Any]) -> dict[str, Any]:
-    from splitnet.keys import known, need_int
+    from splitnet.keys import need_int
     from splitnet.launchers import choose_launcher
     from splitnet.profile.worker import profile_worker
     from splitnet.train.preflight import check_comm, check_optim, compute_bytes
@@ -37,7 +37,6 @@ def run_profile(cfg: dict[str, Any]) -> dict[str, Any]:
     launcher = choose_launcher(cfg)
     cfg = launcher.prepare(cfg)
     spec = load_spec(cfg["model"])
-    known("profile", cfg["profile"], {"steps"})
     need_int(cfg["profile"], "profile", "steps", 1)
     check_optim(cfg["optim"])
     check_comm(cfg.get("comm", {}))
