@@ -71,12 +71,23 @@ def rank_pid(marker: str, rank: int) -> int | None:
 def kill_after_first_checkpoint(run_dir: Path, pid_of: Callable[[], int | None], alive: Callable[[], bool],
                                 timeout_s: float = 400.0) -> int:
     """SIGKILL a rank's process as soon as the run has a complete checkpoint; returns the step it had."""
+    return signal_after_first_checkpoint(run_dir, pid_of, alive, signal.SIGKILL, timeout_s)
+
+
+def stop_after_first_checkpoint(run_dir: Path, pid_of: Callable[[], int | None], alive: Callable[[], bool],
+                                timeout_s: float = 400.0) -> int:
+    """SIGSTOP a rank's process (a peer gone silent) once the run has a complete checkpoint."""
+    return signal_after_first_checkpoint(run_dir, pid_of, alive, signal.SIGSTOP, timeout_s)
+
+
+def signal_after_first_checkpoint(run_dir: Path, pid_of: Callable[[], int | None], alive: Callable[[], bool],
+                                  signum: int, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and alive():
         done = complete_checkpoints(run_dir / "checkpoints")
         pid = pid_of() if done else None
         if pid is not None:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signum)
             return int(done[-1].name.removeprefix("step_"))
         time.sleep(0.01)  # polling the file system, not standing in for synchronisation
     raise AssertionError(f"no checkpoint and rank process to kill in {run_dir} within {timeout_s}s")

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from splitnet.errors import SplitnetError
 from splitnet.model.spec import SpecError, load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import Plan
@@ -151,12 +152,13 @@ def _draw_spec(rng: random.Random, name: str) -> dict[str, Any]:
 
 
 def raising_job(rank: int, world: int, cfg: dict[str, Any]) -> int:
-    """``cfg["fail_rank"]`` raises; every other rank then waits in a collective it never joins."""
+    """``cfg["fail_rank"]`` raises (a ``SplitnetError`` with ``cfg["expected"]``, else a bug's
+    ValueError); every other rank then waits in a collective it never joins."""
     if rank != cfg["fail_rank"]:
         (Path(cfg["pid_dir"]) / f"rank{rank}.pid").write_text(str(os.getpid()))
     dist.barrier()  # every other rank has written its pid before anyone fails
     if rank == cfg["fail_rank"]:
-        raise ValueError(cfg["message"])
+        raise (SplitnetError if cfg.get("expected") else ValueError)(cfg["message"])
     dist.all_reduce(torch.ones(1))
     return rank
 

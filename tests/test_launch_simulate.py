@@ -45,6 +45,17 @@ def test_a_rank_that_raises_stops_every_rank_with_its_error(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_a_splitnet_error_in_a_rank_is_the_jobs_one_line_naming_the_rank(tmp_path):
+    with pytest.raises(WorkerFailed) as failed:
+        launch(raising_job, 3, {"fail_rank": 1, "pid_dir": str(tmp_path), "expected": True,
+                                "message": "data: no readable sample in any of the shards ['a.tar']"})
+    assert str(failed.value) == "rank 1: data: no readable sample in any of the shards ['a.tar']"
+    assert failed.value.with_context("last lines of its log") is failed.value  # still one line
+    assert "Traceback" in failed.value.detail and "raising_job" in failed.value.detail
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.timeout(60)
 def test_the_root_cause_wins_when_the_launcher_notices_late(tmp_path, monkeypatch):
     """Once rank 1 dies, ranks 0 and 2 fail too ("connection closed by peer"). A loaded
     parent that notices only after all three died, rank 0 first, must still report rank 1."""
@@ -74,10 +85,10 @@ def test_a_stalled_peer_gives_the_timeout_error_naming_rank_and_layer():
     with pytest.raises(WorkerFailed) as failed:
         launch(stalling_job, 2, {**cfg, "plan": plan.to_dict(), "stall_rank": 1})
     assert failed.value.rank == 0
-    message = str(failed.value)
-    assert StalledExchange.__name__ in message
-    assert ("rank 0: the all_gather at layer 'conv3' did not complete within comm.timeout_s=3s: a peer went "
-            "silent") in message
+    message = str(failed.value)  # the job's one line; the traceback stays with the failure
+    assert message.startswith("rank 0: the all_gather at layer 'conv3' did not complete within comm.timeout_s=3s: "
+                              "a peer went silent") and "\n" not in message
+    assert StalledExchange.__name__ in failed.value.detail
     assert multiprocessing.active_children() == []
     assert time.monotonic() - start < 45
 

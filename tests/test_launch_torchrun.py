@@ -4,6 +4,10 @@ test_launch_ray.py, beside Ray.)"""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+
 import pytest
 
 from splitnet.cli import main
@@ -17,6 +21,7 @@ from tests.launching import (
     rank_pid,
     simulate_params,
     start_torchrun,
+    stop_after_first_checkpoint,
 )
 from tests.training import config
 
@@ -36,6 +41,38 @@ def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equa
     step = int(resumed[0].split(" at step ")[1].split()[0])
     assert killed_at <= step < 12
     assert_bitwise_equal(final_params(run_dir), simulate_params())
+
+
+@pytest.mark.timeout(600)
+def test_a_stalled_peer_is_one_line_naming_rank_layer_and_collective_on_the_console_and_in_torchruns_error(
+        tmp_path):
+    run_dir, out = tmp_path / "run", tmp_path / "out.txt"
+    with loopback_rendezvous("stall") as rendezvous:
+        proc = start_torchrun([*rendezvous, "--nproc-per-node=2"], tmp_path, out, f"train.run_dir={run_dir}",
+                              "comm.timeout_s=15")
+        pid = None
+
+        def stop_rank_1() -> int | None:  # SIGSTOP: alive, connections open, silent
+            nonlocal pid
+            pid = rank_pid(str(run_dir), 1)
+            return pid
+
+        stop_after_first_checkpoint(run_dir, stop_rank_1, lambda: proc.poll() is None)
+        try:
+            assert proc.wait(timeout=300) != 0
+        finally:
+            if pid is not None and rank_pid(str(run_dir), 1) == pid:
+                os.kill(pid, signal.SIGKILL)
+    text = out.read_text()
+    line = re.search(r"splitnet train: error: rank 0: the (\w+) at layer '([\w.]+)' did not complete within "
+                     r"comm.timeout_s=15s: a peer went silent[^\n]*", text)
+    assert line, text[-4000:]
+    assert f"its traceback: {run_dir}/logs/rank0.log" in line.group(0)
+    log = (run_dir / "logs" / "rank0.log").read_text()
+    assert "Traceback (most recent call last)" in log and "StalledExchange" in log
+    # torchrun's own summary carries the message (its error file), not "error_file: <N/A>"
+    summary = text[text.index("ChildFailedError"):] if "ChildFailedError" in text else text
+    assert "did not complete within comm.timeout_s=15s" in summary, text[-4000:]
 
 
 def _torchrun_env(monkeypatch, world: int, rank: int = 0, run_id: str = "job7") -> None:

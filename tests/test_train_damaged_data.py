@@ -4,10 +4,12 @@ per run, in the rank's log and in metrics.jsonl, and training goes on with the r
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from splitnet.cli import main
 from tests.test_preflight import shard_set
 from tests.training import train
 
@@ -28,3 +30,23 @@ def test_a_truncated_shard_among_readable_ones_is_named_once_and_training_goes_o
     assert 0 < lost < 30 and "unreadable tar data" in damaged[0]["reason"]
     log = (run / "logs" / "rank0.log").read_text()
     assert log.count(f"data: skipped {lost} sample(s) of {broken} (unreadable tar data") == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_training_set_with_nothing_readable_is_the_jobs_one_line(tmp_path, capsys):
+    root = Path(shard_set(tmp_path / "set", 30, 10, 36))  # one training shard
+    only = (root / "train-000000.tar").resolve()
+    only.write_bytes(only.read_bytes()[:700])  # the first header and a little of its image
+    run = tmp_path / "run"
+    rc = main(["train", "data=cifar10", f"data.root={root}", "mesh.devices=2", "batch_size=10", "eval.batch_size=10",
+               "comm.timeout_s=60", f"hydra.run.dir={run}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"splitnet train: error: rank [01]: no readable sample in any of the shards \['{only}'\] "
+        rf"\(its traceback: {run}/logs/rank[01]\.log\)", errors[0]), err
+    assert "Traceback" not in err
+    rank = errors[0].split("rank ")[1][0]
+    log = (run / "logs" / f"rank{rank}.log").read_text()
+    assert "Traceback (most recent call last)" in log and "DataError: no readable sample" in log

@@ -24,21 +24,40 @@ Job = Callable[[int, int, dict[str, Any]], Any]
 
 
 class WorkerFailed(SplitnetError, RuntimeError):
-    """The job's root cause: a rank's exception and traceback, or the signal that killed it."""
+    """The job's root cause: a rank's exception and traceback, or the signal that killed it.
 
-    def __init__(self, rank: int, detail: str, *, signal_number: int | None = None) -> None:
-        if signal_number is None:
-            headline = f"rank {rank} failed:"
+    With ``cause`` (the message of a ``SplitnetError`` the rank raised: bad data, a
+    checkpoint, a stalled exchange) the failure is that one line, naming the rank; a rank
+    that keeps a log has written the traceback there. Any other exception is a bug, and
+    keeps its traceback in ``detail``."""
+
+    def __init__(self, rank: int, detail: str, *, signal_number: int | None = None, cause: str | None = None) -> None:
+        if cause is not None:
+            text = cause if cause.startswith(f"rank {rank}:") else f"rank {rank}: {cause}"
+        elif signal_number is None:
+            text = "\n".join(filter(None, [f"rank {rank} failed:", detail]))
         else:
             name = signal.Signals(signal_number).name if signal_number in signal.valid_signals() else "?"
-            headline = f"rank {rank} was killed by signal {signal_number} ({name})"
-        super().__init__("\n".join(filter(None, [headline, detail])))
-        self.rank, self.detail, self.signal_number = rank, detail, signal_number
+            text = "\n".join(filter(None, [f"rank {rank} was killed by signal {signal_number} ({name})", detail]))
+        super().__init__(text)
+        self.rank, self.detail, self.signal_number, self.cause = rank, detail, signal_number, cause
 
     def with_context(self, context: str) -> WorkerFailed:
-        """The same failure, its message followed by ``context`` (the rank's log, the run folder)."""
+        """The same failure, its message followed by ``context`` (the rank's log, the run folder);
+        a failure with a ``cause`` stays its one line."""
+        if self.cause is not None:
+            return self
         return WorkerFailed(self.rank, "\n".join(filter(None, [self.detail, context])),
                             signal_number=self.signal_number)
+
+
+def cause_of(exc: BaseException) -> str | None:
+    """The one line a rank's exception stands for: a ``SplitnetError``'s message (its first
+    line), or None for anything else (a bug: its traceback is the report)."""
+    if not isinstance(exc, SplitnetError):
+        return None
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def free_port(host: str = "127.0.0.1") -> int:

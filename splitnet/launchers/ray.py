@@ -43,7 +43,7 @@ from typing import Any
 
 from splitnet.errors import SplitnetError
 from splitnet.launchers.backend import choose_backend
-from splitnet.launchers.core import Job, WorkerFailed, free_port, open_store, rank_environment, run_in_group
+from splitnet.launchers.core import Job, WorkerFailed, cause_of, free_port, open_store, rank_environment, run_in_group
 from splitnet.launchers.placement import describe_resources, replica_strategy, resolve_use_gpu
 
 
@@ -52,10 +52,11 @@ class RayLaunchError(SplitnetError, RuntimeError):
 
 
 class _RankLost(Exception):
-    def __init__(self, rank: int, detail: str) -> None:
+    def __init__(self, rank: int, detail: str, cause: str | None = None) -> None:
         super().__init__(detail)
         self.rank = rank
         self.detail = detail
+        self.cause = cause  # the one line of a SplitnetError the rank raised
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:
@@ -194,7 +195,8 @@ def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[A
             try:
                 results[refs[done[0]]] = ray.get(done[0])
             except ray.exceptions.RayError as exc:
-                raise _RankLost(refs[done[0]], str(exc)) from None
+                # a task's error carries the rank's own exception as its cause, when it unpickles
+                raise _RankLost(refs[done[0]], str(exc), cause_of(getattr(exc, "cause", None) or exc)) from None
         return results
     finally:
         for actor in actors:
@@ -218,12 +220,12 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any], *,
                 return _run_once(job, world_size, cfg, failures)
             except _RankLost as lost:
                 if failures >= int(launcher["max_failures"]):
-                    raise WorkerFailed(lost.rank, lost.detail) from None
+                    raise WorkerFailed(lost.rank, lost.detail, cause=lost.cause) from None
                 failures += 1
                 if restart is not None:
                     cfg = restart(cfg)
                 resume = cfg.get("train", {}).get("resume")
-                print(f"splitnet train: rank {lost.rank} failed ({lost.detail.strip().splitlines()[0]}); "
+                print(f"splitnet train: rank {lost.rank} failed ({lost.cause or lost.detail.strip().splitlines()[0]}); "
                       f"restarting every rank, resume={resume!r} (failure {failures} of "
                       f"launcher.max_failures={launcher['max_failures']})", file=sys.stderr)
     finally:

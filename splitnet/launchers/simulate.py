@@ -23,7 +23,15 @@ from typing import Any, NoReturn
 
 import torch
 
-from splitnet.launchers.core import Job, WorkerFailed, free_port, loopback_store, rank_environment, run_in_group
+from splitnet.launchers.core import (
+    Job,
+    WorkerFailed,
+    cause_of,
+    free_port,
+    loopback_store,
+    rank_environment,
+    run_in_group,
+)
 
 
 def _die_with_parent(rank: int) -> None:
@@ -39,6 +47,9 @@ def _die_with_parent(rank: int) -> None:
 
 def _die_reporting(out: Path, rank: int, exc: BaseException) -> NoReturn:
     (out / f"rank{rank}.err").write_text("".join(traceback.format_exception(exc)))
+    cause = cause_of(exc)
+    if cause is not None:
+        (out / f"rank{rank}.cause").write_text(cause)
     with contextlib.suppress(FileExistsError):  # the first rank to report claims the job's error
         os.symlink(f"rank{rank}.err", out / "first.err")
     sys.stderr.flush()
@@ -76,8 +87,9 @@ def _failure(out: Path, procs: list[Any], rank: int, exitcode: int) -> WorkerFai
             return WorkerFailed(r, "", signal_number=-proc.exitcode)
     if (out / f"rank{rank}.err").exists() and (out / "first.err").is_symlink():
         rank = int(os.readlink(out / "first.err").removeprefix("rank").removesuffix(".err"))
-    err = out / f"rank{rank}.err"
-    return WorkerFailed(rank, err.read_text() if err.exists() else f"exit code {exitcode}")
+    err, cause = out / f"rank{rank}.err", out / f"rank{rank}.cause"
+    return WorkerFailed(rank, err.read_text() if err.exists() else f"exit code {exitcode}",
+                        cause=cause.read_text() if cause.exists() else None)
 
 
 def launch(job: Job, world_size: int, cfg: dict[str, Any], *, threads: int | None = None,

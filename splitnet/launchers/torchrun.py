@@ -14,18 +14,24 @@ rank is its own Hydra app. What this module promises:
   before any collective; ``mesh.replicas=null`` is derived from the world size.
 - ``comm.backend=auto`` is NCCL on ``cuda:LOCAL_RANK`` when CUDA is available, gloo
   otherwise. A model-parallel group that spans nodes is warned about, never refused.
+- A ``SplitnetError`` the job raises is this rank's one line (``WorkerFailed``), also in
+  torchrun's error file, so its summary shows it; any other exception keeps its traceback
+  there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from splitnet.errors import SplitnetError
 from splitnet.launchers.backend import choose_backend
-from splitnet.launchers.core import Job, open_store, run_in_group
+from splitnet.launchers.core import Job, WorkerFailed, cause_of, open_store, run_in_group
 from splitnet.launchers.placement import spanning_replicas
 
 _NEEDED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -131,5 +137,28 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any], *,
     if env["restart_count"] > 0 and restart is not None:
         cfg = restart(cfg)
     timeout_s = cfg["comm"]["timeout_s"]
-    return [run_in_group(job, env["rank"], world_size, cfg, backend=name, store=_store(env, timeout_s),
-                         timeout_s=timeout_s, threads=cfg["launcher"].get("threads"))]
+    try:
+        return [run_in_group(job, env["rank"], world_size, cfg, backend=name, store=_store(env, timeout_s),
+                             timeout_s=timeout_s, threads=cfg["launcher"].get("threads"))]
+    except Exception as exc:
+        cause = cause_of(exc)
+        failed = WorkerFailed(env["rank"], "", cause=cause) if cause is not None else None
+        record_failure(exc, failed)
+        if failed is None:
+            raise
+        raise failed from exc
+
+
+def record_failure(exc: BaseException, failed: WorkerFailed | None) -> None:
+    """Write this rank's failure where torchrun's summary reads it (``TORCHELASTIC_ERROR_FILE``,
+    the file its ``record`` decorator writes): the one line of a ``WorkerFailed`` with a
+    cause, else the exception with its traceback."""
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if failed is None:
+        ErrorHandler().record_exception(exc)
+    elif path:
+        # no py_callstack: torchrun's summary then shows the message as the failure's traceback
+        Path(path).write_text(json.dumps({"message": {"message": str(failed),
+                                                      "extraInfo": {"timestamp": str(int(time.time()))}}}))

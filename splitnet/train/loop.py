@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,27 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
     return summarize(combine_metrics(counts, transport, plan.output_rank), spec.num_classes)
 
 
+class RankError(SplitnetError):
+    """A ``SplitnetError`` a training rank met, its message pointing at the rank's log."""
+
+
 def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Train as ``rank``. A ``SplitnetError`` (bad data, a checkpoint, a stalled exchange)
+    leaves with its message and the place of its traceback, which goes to the rank's log:
+    the launcher reports the one line; any other exception is a bug and travels whole."""
+    try:
+        return _train(rank, world_size, cfg)
+    except SplitnetError as exc:
+        path = Path(cfg["run_dir"]) / "logs" / f"rank{rank}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} rank {rank} failed: "
+                      + "".join(traceback.format_exception(exc)))
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RankError(f"{message} (its traceback: {path})") from exc
+
+
+def _train(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
     # tqdm's default lock is a named semaphore registered with multiprocessing's resource
