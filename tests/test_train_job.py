@@ -137,8 +137,13 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
     train(tmp_path, *FAST, "train.epochs=1", "train.max_steps=1")
     ckpt = complete_checkpoints(tmp_path / "checkpoints")[-1]
     (ckpt / "rank1.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(WorkerFailed, match=r"rank1\.pt is corrupt"):
+    with pytest.raises(WorkerFailed, match=r"rank1\.pt is corrupt") as failed:
         train(tmp_path, *FAST, "train.epochs=1", "train.resume=auto")
+    # the job's one line names the rank and where its traceback went
+    line = str(failed.value)
+    assert line.startswith(f"rank 1: checkpoint {ckpt}: shard file rank1.pt is corrupt") and "\n" not in line
+    assert line.endswith(f"(its traceback: {tmp_path}/logs/rank1.log)")
+    assert "Traceback (most recent call last)" in (tmp_path / "logs" / "rank1.log").read_text()
     with pytest.raises(CheckpointError, match=r"rank1\.pt is corrupt"):
         export_checkpoint(ckpt, tmp_path / "out.pt")
     shutil.rmtree(ckpt)
