@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
+from splitnet.cli import main
 from splitnet.launchers.core import free_port
 from splitnet.launchers.ray import RayLaunchError
 from tests.launching import (
@@ -24,6 +27,7 @@ from tests.launching import (
     simulate_params,
     start_torchrun,
 )
+from tests.test_preflight import shard_set
 from tests.training import train
 
 # Read by Ray when it is imported: node addresses are 127.0.0.1 and Ray listens on loopback only.
@@ -96,6 +100,22 @@ def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equa
     resumed = [line for line in (run_dir / "logs" / "rank1.log").read_text().splitlines() if "resumed from" in line]
     assert len(resumed) == 1 and killed[0] <= int(resumed[0].split(" at step ")[1].split()[0]) < 12
     assert_bitwise_equal(final_params(run_dir), want)
+
+
+@pytest.mark.timeout(300)
+def test_a_splitnet_error_in_a_rank_is_one_line_on_the_drivers_console(cluster, tmp_path, capsys):
+    root = Path(shard_set(tmp_path / "set", 30, 10, 36))  # one training shard, and nothing readable in it
+    only = (root / "train-000000.tar").resolve()
+    only.write_bytes(only.read_bytes()[:700])
+    run = tmp_path / "run"
+    rc = main(["train", "launcher=ray", "launcher.max_failures=0", "data=cifar10", f"data.root={root}",
+               "mesh.devices=2", "batch_size=10", "eval.batch_size=10", "comm.timeout_s=60", f"hydra.run.dir={run}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    errors = [line for line in err.splitlines() if line.startswith("splitnet train: error:")]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"splitnet train: error: rank [01]: no readable sample in any of the shards \['{only}'\] "
+        rf"\(its traceback: {run}/logs/rank[01]\.log\)", errors[0]), err[-3000:]
 
 
 @pytest.mark.timeout(60)
