@@ -228,25 +228,3 @@ def assert_equivalent(report: dict[str, Any], cfg: dict[str, Any]) -> Plan:
     assert [(row["rank"], row["allocated"]) for row in report["param_bytes"]] == [
         (r, plan.costs[r % plan.devices].param_bytes) for r in range(world)]
     return plan
-
-
-def dying_job(rank: int, world: int, cfg: dict[str, Any]) -> int:
-    """Every rank builds its shard; ``cfg["die_rank"]`` then exits at once, closing its
-    connections; the others write the error their first exchange meets to ``cfg["out_dir"]``."""
-    from splitnet.comm import StalledExchange, Transport
-    from splitnet.runtime import build_shard, forward_backward
-    from splitnet.verify import verify_batch
-
-    spec, plan = load_spec(cfg["model"]), Plan.from_dict(cfg["plan"])
-    transport = Transport(plan, rank, timeout_s=cfg["comm"]["timeout_s"])
-    shard = build_shard(spec, plan, rank, transport=transport)
-    transport.barrier("built")
-    if rank == cfg["die_rank"]:
-        os._exit(3)  # the injected fault: a peer that is gone, its sockets closed by the kernel
-    x, y = verify_batch(spec, 0, 0, plan.batch_size)
-    try:
-        forward_backward(shard, x, y, transport, step=0)
-    except StalledExchange as exc:
-        (Path(cfg["out_dir"]) / f"rank{rank}.txt").write_text(str(exc))
-        raise
-    return rank
