@@ -164,6 +164,7 @@ def cifar(tmp_path_factory) -> str:
     return shard_set(tmp_path_factory.mktemp("cifar") / "set", 60, 20, 36)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_every_drawn_configuration_is_refused_in_one_line_or_runnable(cifar, tmp_path):
     refusals: dict[str, str] = {}
@@ -240,6 +241,7 @@ def small_jobs(draw: st.DrawFn) -> list[str]:
     return [f"{key}={draw(values)}" for key, values in VALID.items()]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_a_sample_of_drawn_jobs_trains_a_step_and_evaluates_or_is_refused_in_one_line(tmp_path, capsys):
     outcomes: list[str] = []

@@ -46,6 +46,7 @@ def test_a_rank_that_raises_stops_every_rank_with_its_error(tmp_path):
     assert time.monotonic() - start < 45  # far below the collectives' 300 s default timeout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_splitnet_error_in_a_rank_is_the_jobs_one_line_naming_the_rank(tmp_path):
     with pytest.raises(WorkerFailed) as failed:

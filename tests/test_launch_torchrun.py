@@ -43,6 +43,7 @@ def test_a_killed_rank_restarts_from_the_latest_checkpoint_and_ends_bitwise_equa
     assert_bitwise_equal(final_params(run_dir), simulate_params())
 
 
+@pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_a_stalled_peer_is_one_line_naming_rank_layer_and_collective_on_the_console_and_in_torchruns_error(
         tmp_path):

@@ -14,6 +14,7 @@ from tests.test_preflight import shard_set
 from tests.training import train
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_truncated_shard_among_readable_ones_is_named_once_and_training_goes_on(tmp_path):
     root = Path(shard_set(tmp_path / "set", 60, 20, 36))  # train-000000.tar, train-000001.tar: 30 each
@@ -32,6 +33,7 @@ def test_a_truncated_shard_among_readable_ones_is_named_once_and_training_goes_o
     assert log.count(f"data: skipped {lost} sample(s) of {broken} (unreadable tar data") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_training_set_with_nothing_readable_is_the_jobs_one_line(tmp_path, capsys):
     root = Path(shard_set(tmp_path / "set", 30, 10, 36))  # one training shard
