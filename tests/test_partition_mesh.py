@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from splitnet.partition import Mesh, MeshError, parse_bytes
+from splitnet.partition import Mesh, MeshError, parse_bytes, replicas_for_world
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -79,3 +79,27 @@ def test_from_dict_parses_sizes_and_round_trips():
 def test_from_dict_rejects_unknown_keys():
     with pytest.raises(MeshError, match=r"mesh: unknown key\(s\) \['gpus'\]; valid keys: .*'devices'"):
         Mesh.from_dict({"gpus": 2})
+
+
+@pytest.mark.parametrize(("world", "devices", "replicas", "expected"), [
+    (8, 2, None, 4),    # README's 8-GPU line: mesh.replicas left null
+    (2, 2, None, 1),
+    (6, 3, None, 2),
+    (1, 1, None, 1),
+    (4, 2, 2, 2),       # a given value that fits is kept
+])
+def test_replicas_for_world_derives_or_keeps(world, devices, replicas, expected):
+    assert replicas_for_world(world, devices, replicas) == expected
+
+
+@pytest.mark.parametrize(("world", "devices", "replicas", "message"), [
+    (6, 4, None, r"torchrun started 6 rank\(s\), which mesh.devices=4 does not divide.*multiple of 4"),
+    (1, 2, None, r"started 1 rank\(s\), which mesh.devices=2 does not divide"),
+    (8, 2, 2, r"mesh.replicas x mesh.devices = 2 x 2 = 4; start 4 ranks or set mesh.replicas=null"),
+    (4, 0, None, r"mesh.devices=0 must be an integer >= 1"),
+    (4, 2, 0, r"mesh.replicas=0 must be an integer >= 1, or null"),
+])
+def test_replicas_for_world_refuses_in_one_line(world, devices, replicas, message):
+    with pytest.raises(MeshError, match=message) as caught:
+        replicas_for_world(world, devices, replicas, started_by="torchrun")
+    assert "\n" not in str(caught.value)

@@ -10,7 +10,7 @@ from splitnet.partition.columns import columns
 from splitnet.partition.cost import device_costs, with_bytes_in
 from splitnet.partition.errors import PartitionError
 from splitnet.partition.hybrid import hybrid
-from splitnet.partition.mesh import Mesh, MeshError, parse_bytes
+from splitnet.partition.mesh import Mesh, MeshError, parse_bytes, replicas_for_world
 from splitnet.partition.pipeline import pipeline
 from splitnet.partition.plan import PSEUDO, Exchange, Placement, Plan, Shard, in_chunks, ring_bytes
 
@@ -20,7 +20,7 @@ STRATEGIES = ("columns", "pipeline", "hybrid", "auto")
 SCHEDULES = ("gpipe", "1f1b")
 _KEYS = {"strategy", "exchange", "balance", "boundaries", "microbatches", "schedule", "chunks"}
 
-__all__ = ["Mesh", "MeshError", "PartitionError", "Plan", "Placement", "Shard", "Exchange",
+__all__ = ["Mesh", "MeshError", "replicas_for_world", "PartitionError", "Plan", "Placement", "Shard", "Exchange",
            "make_plan", "parse_bytes", "STRATEGIES", "SCHEDULES"]
 
 

@@ -38,6 +38,27 @@ def parse_bytes(value: Any) -> int | None:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
+def replicas_for_world(world: int, devices: Any, replicas: Any = None, *, started_by: str = "the launcher") -> int:
+    """``mesh.replicas`` for a world of ``world`` ranks: the given value, checked, or when it is
+    null the world divided by ``mesh.devices``; a world the mesh does not fit is one line."""
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise MeshError(f"mesh.devices={devices!r} must be an integer >= 1")
+    if replicas is None:
+        if world < devices or world % devices:
+            raise MeshError(f"{started_by} started {world} rank(s), which mesh.devices={devices} does not "
+                            f"divide: mesh.replicas=null needs a world of replicas x {devices} ranks; start a "
+                            f"multiple of {devices} ranks or change mesh.devices")
+        return world // devices
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise MeshError(f"mesh.replicas={replicas!r} must be an integer >= 1, or null to derive it from the "
+                        "world size")
+    if replicas * devices != world:
+        raise MeshError(f"{started_by} started {world} rank(s) but mesh.replicas x mesh.devices = {replicas} x "
+                        f"{devices} = {replicas * devices}; start {replicas * devices} ranks or set "
+                        "mesh.replicas=null to derive it")
+    return replicas
+
+
 @dataclass(frozen=True)
 class Mesh:
     devices: int = 1
