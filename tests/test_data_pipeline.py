@@ -70,6 +70,20 @@ def test_replicas_read_disjoint_shards_that_cover_the_split(shard_dir) -> None:
     assert sorted(seen[0] + seen[1]) == list(range(N_TRAIN))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_samples_of_a_step_do_not_depend_on_the_number_of_replicas(shard_dir, workers: int) -> None:
+    # global batch k of 20: one replica's batch k, or the replicas' batches k side by side
+    augmented = {"flip": True, "pca_std": 0.1}
+    one = batches(loader(shard_dir, batch_size=20, epoch=1, **augmented))
+    assert len(one) == N_TRAIN // 20
+    for replicas in (2, 4):
+        parts = [batches(loader(shard_dir, batch_size=20 // replicas, replica=r, replicas=replicas, epoch=1,
+                                workers=workers, skip=3, **augmented)) for r in range(replicas)]
+        for k, (x, y) in enumerate(one[3:]):
+            assert torch.equal(torch.cat([p[k][0] for p in parts]), x)
+            assert torch.equal(torch.cat([p[k][1] for p in parts]), y)
+
+
 def test_ranks_of_one_replica_get_identical_batches(shard_dir) -> None:
     # Two ranks of one model-parallel group call build_loader with the same arguments.
     augmented = {"flip": True, "pca_std": 0.1}
@@ -238,8 +252,10 @@ def test_shard_set_errors_name_the_cause(shard_dir, tmp_path) -> None:
     (tmp_path / "stray" / "train-000000.tar").write_bytes(b"")
     with pytest.raises(DataError, match="meta.json not found"):
         loader(tmp_path / "stray")
-    with pytest.raises(DataError, match="replica 2 of 3 gets no shard: the set has only 2"):
-        loader(tmp_path / "train_only", batch_size=5, replica=2, replicas=3)
+    # fewer shards than replicas: each replica reads the whole set and takes its part of a step
+    parts = [batches(loader(tmp_path / "train_only", batch_size=5, replica=r, replicas=3)) for r in range(3)]
+    whole = batches(loader(tmp_path / "train_only", batch_size=15))
+    assert torch.equal(torch.cat([p[0][0] for p in parts]), whole[0][0])
     with pytest.raises(DataError, match="data.num_classes=10 but .* lists 4 classes"):
         loader(shard_dir, num_classes=10)
 

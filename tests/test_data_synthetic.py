@@ -41,3 +41,11 @@ def test_info_says_synthetic() -> None:
     info = data_info(CFG)
     assert info.synthetic and info.num_classes == 7
     assert info.batches_per_epoch("train", 4, 8) == 5
+
+
+def test_a_step_holds_the_same_samples_on_any_number_of_replicas() -> None:
+    one = list(loader(batch_size=8, num_replicas=1))
+    halves = [list(loader(replica=r)) for r in range(2)]
+    for k, (x, y) in enumerate(one):
+        assert torch.equal(torch.cat([halves[0][k][0], halves[1][k][0]]), x)
+        assert torch.equal(torch.cat([halves[0][k][1], halves[1][k][1]]), y)

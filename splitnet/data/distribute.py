@@ -1,4 +1,4 @@
-"""Who reads what: shards per replica, batches per epoch, batches per DataLoader worker.
+"""Who reads what: shards per replica (evaluation), batches per epoch, batches per DataLoader worker.
 
 All pure functions of (seed, epoch, replica): never of the rank, so every rank of a
 model-parallel group computes the same answers and sees the same batches; and never of
@@ -23,22 +23,16 @@ def epoch_order(shards: Sequence[str], *, seed: int, epoch: int, shuffle: bool) 
     return [shards[i] for i in rng.permutation(len(shards))]
 
 
-def replica_shards(ordered: Sequence[str], replica: int, num_replicas: int, *,
-                   allow_empty: bool = False) -> list[str]:
+def replica_shards(ordered: Sequence[str], replica: int, num_replicas: int) -> list[str]:
     """Every ``num_replicas``-th shard from ``replica``: disjoint, and together complete.
 
-    ``allow_empty`` (evaluation): a replica beyond the shard count reads nothing, since
-    evaluation scores each sample once and needs no equal batch counts.
+    Evaluation only (training reads the global sequence of every shard): a replica beyond
+    the shard count reads nothing, since evaluation scores each sample once and needs no
+    equal batch counts.
     """
     if not 0 <= replica < num_replicas:
         raise DataError(f"replica {replica} is not in 0..{num_replicas - 1}")
-    mine = list(ordered[replica::num_replicas])
-    if not mine and not allow_empty:
-        raise DataError(
-            f"replica {replica} of {num_replicas} gets no shard: the set has only "
-            f"{len(ordered)}; write smaller shards (--per-shard) or use fewer replicas"
-        )
-    return mine
+    return list(ordered[replica::num_replicas])
 
 
 def batches_per_epoch(total: int, batch_size: int, num_replicas: int) -> int:

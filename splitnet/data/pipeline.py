@@ -1,16 +1,21 @@
 """Reading shards for training and evaluation: ``build_loader``.
 
 One replica's pipeline, in order: the epoch's shard order (seeded by (seed, epoch), the
-same on every replica) -> this replica's shards -> ``wds.WebDataset`` reads and groups
-tar members -> a seeded shuffle buffer of raw bytes (train) -> the replica's sample
-sequence, cut into batches by position -> per DataLoader worker every W-th batch ->
-decode the image and class keys only (PIL; never pickle or any decoder that runs code)
--> augmentation with a generator per sample position -> batches.
+same on every replica) -> the shards it reads (train: all of them; val: its own) ->
+``wds.WebDataset`` reads and groups tar members -> a seeded shuffle buffer of raw bytes
+(train) -> one sample sequence, cut into batches by position -> per DataLoader worker
+every W-th batch -> decode the image and class keys only (PIL; never pickle or any
+decoder that runs code) -> augmentation with a generator per sample position -> batches.
 
-Every random choice is a function of (seed, epoch, replica, sample position), never of
-the rank or the number of workers, so the ranks of a model-parallel group yield
-identical batches and ``data.workers`` does not change a run; per-position generators
-also let a resumed epoch skip batches without decoding them.
+Train: the sequence is the epoch's global one, the same for every number of replicas.
+Global batch k is positions k*R*B .. (k+1)*R*B-1 and replica r's batch is its r-th
+part, so the samples of step k are a function of (seed, epoch, k) alone: a job that
+continues on fewer replicas (with more accumulation) trains on the same batches. With
+one replica this is the replica's sequence as it always was. Every random choice is a
+function of (seed, epoch, sample position), never of the rank or the number of workers,
+so the ranks of a model-parallel group yield identical batches and ``data.workers``
+does not change a run; per-position generators also let a resumed epoch skip batches
+without decoding them.
 """
 
 from __future__ import annotations
@@ -114,11 +119,12 @@ class Damage:
 class ReplicaStream(IterableDataset):
     """One replica's batches for one epoch; in a DataLoader each worker serves one stream.
 
-    The replica's samples form one sequence: its shards in epoch order, pass after pass
-    (train: each pass through a shuffle buffer seeded by (seed, epoch, replica, pass)),
-    and batch k is positions k*B .. k*B+B-1 of it. Stream ``role`` (of ``roles``) reads
-    the whole sequence and decodes only batches role, role + roles, ...: the batches are
-    a function of (seed, epoch, replica) alone, never of the number of workers.
+    The samples form one sequence: the shards in epoch order, pass after pass (train:
+    every shard, each pass through a shuffle buffer seeded by (seed, epoch, pass); val:
+    the replica's own shards), and the replica's batch k is positions
+    (k*R + r)*B .. (k*R + r)*B + B-1 of it (val: k*B ..). Stream ``role`` (of ``roles``)
+    reads the whole sequence and decodes only batches role, role + roles, ...: the batches
+    are a function of (seed, epoch, replica) alone, never of the number of workers.
 
     Train: a sample that cannot be decoded is replaced by a good sample of its own batch
     (with the augmentation of its position), so every batch is full and no later batch
@@ -131,7 +137,7 @@ class ReplicaStream(IterableDataset):
     def __init__(self, shards: list[str], counts: dict[str, int], *, split: str,
                  augmenter: Augmenter, num_classes: int, batch_size: int, n_batches: int,
                  start: int, roles: int, shuffle_buffer: int, on_error: str, seed: int,
-                 epoch: int, replica: int, subset: tuple[float, int] = (1.0, 0)) -> None:
+                 epoch: int, replica: int, num_replicas: int, subset: tuple[float, int] = (1.0, 0)) -> None:
         self.shards = shards
         self.subset = subset  # (data.fraction, data.subset_seed); train only
         self.counts = counts
@@ -144,7 +150,10 @@ class ReplicaStream(IterableDataset):
         self.roles = roles
         self.shuffle_buffer = shuffle_buffer
         self.on_error = on_error
-        self.key = (seed, epoch, replica)
+        # Train reads the global sequence, whose seeds are those replica 0 of one had (so a
+        # job on one replica keeps the batches it always had); val reads the replica's own.
+        self.key = (seed, epoch, 0 if self.train else replica)
+        self.replica, self.num_replicas = (replica, num_replicas) if self.train else (0, 1)
         self.skipped = 0
         self.broken_off: set[str] = set()
         self.cut: dict[str, int] = {}  # shard -> samples lost after its tar data became unreadable
@@ -236,7 +245,7 @@ class ReplicaStream(IterableDataset):
         # Skipping happens on raw bytes: other streams' batches and a resumed epoch's
         # first batches cost reading, not decoding.
         for k in range(role + skip * self.roles, role + (skip + todo) * self.roles, self.roles):
-            first = k * self.batch_size
+            first = self.first(k)
             next(islice(samples, first - position, first - position), None)
             raw = list(islice(samples, self.batch_size))
             position = first + len(raw)
@@ -245,6 +254,10 @@ class ReplicaStream(IterableDataset):
             batch = self.batch(k, raw)
             if batch is not None:
                 yield (*batch, role, self.skipped, self.damage())
+
+    def first(self, k: int) -> int:
+        """The position in the sequence of the replica's batch ``k``: its part of global batch k."""
+        return (k * self.num_replicas + self.replica) * self.batch_size
 
     def batch(self, k: int, raw: list[tuple[str, dict[str, Any]]]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Batch ``k`` from its raw samples (positions k*B ...), decoded and augmented; None
@@ -270,7 +283,7 @@ class ReplicaStream(IterableDataset):
         crops: list[np.ndarray] = []
         offsets: list[np.ndarray] = []
         labels: list[int] = []
-        first = k * self.batch_size
+        first = self.first(k)
         for i, item in enumerate(decoded):
             if item is None:
                 continue
@@ -349,11 +362,13 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
 
     Images are float32 [B, C, S, S] ([B, n, C, S, S] for n > 1 crops, val only: ``crops``
     5, or 10, which gives 5 where training does not flip, see ``eval_crops``),
-    labels int64 [B]. Train: every replica yields the same ``len(loader)`` full batches,
-    and ``skip_batches`` starts the epoch at that batch (resume) with the same batches
-    after it. Val: the replicas' shards are disjoint and together the whole split; each
-    replica scores each of its samples once, in batches of ``batch_size`` and a last
-    partial one (a replica beyond the shard count gets none).
+    labels int64 [B]. Train: replica r's batch k is the r-th part of the epoch's global
+    batch k of ``num_replicas x batch_size`` samples, which depends on (seed, epoch, k)
+    only; every replica yields the same ``len(loader)`` full batches, and
+    ``skip_batches`` starts the epoch at that batch (resume) with the same batches after it.
+    Val: the replicas' shards are disjoint and together the whole split; each replica
+    scores each of its samples once, in batches of ``batch_size`` and a last partial one
+    (a replica beyond the shard count gets none).
     """
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_dict(data_cfg)
     if split not in SPLITS:
@@ -374,7 +389,7 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
         return SyntheticLoader(
             n_batches=n_batches, start=skip_batches, batch_size=batch_size, channels=channels,
             image_size=image_size, num_classes=info.num_classes, crops=crops, seed=seed,
-            epoch=epoch, replica=replica, split=split,
+            epoch=epoch, replica=replica, num_replicas=num_replicas, split=split,
         )
     if cfg.side is not None and cfg.side < image_size:
         raise DataError(f"data.side={cfg.side} is smaller than the {image_size}x{image_size} crop")
@@ -383,7 +398,7 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
     train = split == "train"
     shard_set = resolve(info.patterns[split], split)
     ordered = epoch_order(shard_set.paths, seed=seed, epoch=epoch, shuffle=train)
-    mine = replica_shards(ordered, replica, num_replicas, allow_empty=not train)
+    mine = ordered if train else replica_shards(ordered, replica, num_replicas)
     subset = (cfg.fraction, cfg.subset_seed) if train else (1.0, 0)
     if train:
         n_batches = batches_per_epoch(subset_size(info.counts[split], cfg.fraction), batch_size, num_replicas)
@@ -401,6 +416,6 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
         mine, shard_set.counts, split=split, augmenter=augmenter, num_classes=info.num_classes,
         batch_size=batch_size, n_batches=n_batches, start=skip_batches, roles=max(1, workers),
         shuffle_buffer=cfg.shuffle_buffer, on_error=cfg.on_error, seed=seed, epoch=epoch,
-        replica=replica, subset=subset,
+        replica=replica, num_replicas=num_replicas, subset=subset,
     )
     return ShardLoader(stream, workers)
