@@ -105,6 +105,14 @@ def _train(cfg: dict[str, Any]) -> int:
 
     run_dir = Path(cfg["train"].get("run_dir") or HydraConfig.get().runtime.output_dir)
     out = run_train(cfg, run_dir, choose_launcher(cfg))
+    if any(r.get("preempted") for r in out["results"]):
+        from splitnet.train.loop import PREEMPTED_EXIT
+
+        step = max(r["step"] for r in out["results"])
+        print(f"splitnet train: stopped by SIGTERM after step {step} with a complete checkpoint in "
+              f"{run_dir / 'checkpoints'}; exit status {PREEMPTED_EXIT}: requeue the same command with "
+              "train.resume=auto to continue", file=sys.stderr)
+        return PREEMPTED_EXIT
     final = out["final"]
     if final is None:  # a torchrun rank that does not report: the reporting rank prints the result
         return 0

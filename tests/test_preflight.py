@@ -64,7 +64,6 @@ def test_too_few_samples_for_a_batch_is_one_line_before_any_worker(sets, tmp_pat
     ("full", ["data.side=20"], r"data\.side=20 is smaller than the 32x32 input of model 'alexnet_small'"),
     ("full", ["model.input.channels=1"], r"model\.input\.channels=1 but data 'cifar10' holds RGB images"),
     ("full", ["mesh.devices=11"], r"layer 'fc8' has out=10 channels, fewer than mesh\.devices=11.*mesh\.devices <= 10"),
-    ("full", ["mesh.replicas=3"], r"mesh\.replicas=3 but data\.train has 2 shard\(s\)"),
     ("full", ["mesh.replicas=2", "batch_size=32"], r"batch_size=32: .* 60 training samples, fewer than one batch on "
                                                    r"each of mesh\.replicas=2 \(64\); set batch_size <= 30"),
     ("full", ["data.fraction=0.5", "batch_size=32"], r"has 30 training samples \(data\.fraction=0\.5 of 60\), "

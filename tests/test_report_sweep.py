@@ -207,3 +207,19 @@ def test_curves_are_drawn_from_the_scored_epochs_only(tmp_path):
     write_run(tmp_path / "runs", ["seed=0"], [None, (0.5, 0.9, 1.0), None, (0.7, 0.9, 0.8)], [[2.0]] * 4, planned=4)
     assert main(["report", str(tmp_path / "runs"), f"out={tmp_path / 'out'}"]) == 0
     assert (tmp_path / "out" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_elastic_run_is_one_series_and_the_report_shows_where_its_size_changed(tmp_path):
+    run = write_run(tmp_path, ["lr=0.1"], [(0.5, 0.9, 1.0)], [[2.0, 1.9, 1.8, 1.7]], planned=1)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:  # steps 1-3 on two replicas; a node lost after the checkpoint at step 2
+        if r["kind"] == "step":
+            r.update({"replicas": 2, "accumulate": 1} if r["step"] <= 3 else {"replicas": 1, "accumulate": 2})
+    again = {"kind": "step", "rank": 0, "step": 3, "epoch": 0, "loss": 1.8, "replicas": 1, "accumulate": 2}
+    lines = records[:6] + [again] + records[6:]  # the survivor logs step 3 again after resuming at step 2
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    got = collect(run).runs[0]
+    assert got.sizes == [{"step": 1, "replicas": 2, "accumulate": 1}, {"step": 3, "replicas": 1, "accumulate": 2}]
+    assert list(got.step_loss) == [1, 2, 3, 4]
+    assert ("from step 1: 2 replica(s) x 1 micro-step(s); from step 3: 1 replica(s) x 2 micro-step(s)"
+            in markdown(collect(run)))

@@ -177,8 +177,8 @@ def test_tensorboard_event_files(tmp_path):
 @pytest.mark.timeout(120)
 def test_mid_epoch_resume_refuses_a_changed_batch_and_a_finished_run_reports(tmp_path):
     train(tmp_path, *FAST, "train.epochs=1", "train.max_steps=1")  # stops after batch 1 of 3
-    with pytest.raises(CheckpointError, match=r"stopped inside an epoch \(after batch 1\).*batch_size"):
-        train(tmp_path, *FAST, "batch_size=8", "train.epochs=1", "train.resume=auto")
+    with pytest.raises(CheckpointError, match=r"stopped inside an epoch \(after batch 1\).*train.global_batch"):
+        train(tmp_path, *FAST, "train.global_batch=32", "train.epochs=1", "train.resume=auto")
     done = train(tmp_path, *FAST, "train.epochs=1", "train.resume=auto")
     assert done["final"]["step"] == 3
     again = train(tmp_path, *FAST, "train.epochs=1", "train.resume=auto")  # nothing left to train

@@ -227,6 +227,15 @@ class Transport:
         if dist.is_initialized() and self.mesh.world_size > 1:
             self.wait(dist.barrier(async_op=True), what, "barrier")
 
+    def any_rank(self, flag: bool, what: str) -> bool:
+        """Whether ``flag`` is set on any rank, the same answer on every rank (a one-number
+        all-reduce over the world, not metered): e.g. a stop that one rank was asked for."""
+        if not dist.is_initialized() or self.mesh.world_size == 1:
+            return flag
+        value = torch.tensor([int(flag)], dtype=torch.int32, device=self.device)
+        self.wait(dist.all_reduce(value, op=dist.ReduceOp.MAX, async_op=True), what, "all_reduce")
+        return bool(value.item())
+
     # The collectives. Only comm/ calls these (exchange.py for activations and their
     # gradients, buckets.py for parameter gradients); the rest of splitnet calls comm/.
 

@@ -66,6 +66,7 @@ class Run:
     images_per_s: float | None = None
     params: int | None = None
     bytes_per_step: float | None = None
+    sizes: list[dict[str, int]] = field(default_factory=list)  # where the replicas or accumulation changed
 
     @property
     def scored(self) -> list[dict[str, Any]]:
@@ -243,6 +244,7 @@ def read_run(run_dir: Path, name: str, overrides: dict[str, str]) -> Run:
     params = None
     if (run_dir / "plan.json").is_file():
         params = json.loads((run_dir / "plan.json").read_text()).get("totals", {}).get("params")
+    sizes = size_changes(steps)
     max_epochs, max_steps = _planned(run_dir)
     last_step = max(losses, default=0)
     done = bool(epochs) and ((max_epochs is not None and epochs[-1]["epoch"] + 1 >= max_epochs)
@@ -250,7 +252,19 @@ def read_run(run_dir: Path, name: str, overrides: dict[str, str]) -> Run:
     return Run(name, overrides, "done" if done else "incomplete", str(run_dir), epochs, train_loss,
                {s: loss for s, (_, loss) in losses.items() if s <= last_step}, _wall_seconds(run_dir),
                statistics.median(speeds) if speeds else None, params,
-               statistics.fmean(per_step.values()) if per_step else None)
+               statistics.fmean(per_step.values()) if per_step else None, sizes)
+
+
+def size_changes(steps: list[dict[str, Any]]) -> list[dict[str, int]]:
+    """The first step of each stretch of one (replicas, accumulate), one series across restarts: a
+    step logged again by a resumed attempt counts as the resumed attempt logged it."""
+    size = {r["step"]: (r["replicas"], r.get("accumulate", 1)) for r in steps if "replicas" in r}
+    changes: list[dict[str, int]] = []
+    for step in sorted(size):
+        replicas, accumulate = size[step]
+        if not changes or (changes[-1]["replicas"], changes[-1]["accumulate"]) != (replicas, accumulate):
+            changes.append({"step": step, "replicas": replicas, "accumulate": accumulate})
+    return changes
 
 
 def _run_dirs(root: Path) -> list[Path]:
@@ -371,6 +385,12 @@ def markdown(sweep: Sweep) -> str:
                         "loss gap", "wall s", "img/s"], srows)]
     if len(sweep.factors) == 2:
         out += ["", grid(sweep)]
+    resized = [r for r in sweep.runs if len(r.sizes) > 1]
+    if resized:
+        out += ["", "## Size changes (elastic restarts; the global batch stays)", ""]
+        out += [f"- {r.name}: " + "; ".join(
+            f"from step {c['step']}: {c['replicas']} replica(s) x {c['accumulate']} micro-step(s)"
+            for c in r.sizes) for r in resized]
     missing = [r for r in sweep.runs if r.status != "done"]
     if missing:
         out += ["", f"## Not finished: {len(missing)} of {len(sweep.runs)} runs", ""]

@@ -22,30 +22,59 @@ class StepResult:
 
 
 def forward_backward(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: Transport,
-                     step: int) -> StepResult:
+                     step: int, micro: int = 0, micro_steps: int = 1) -> StepResult:
     """Gradients of this replica's mean cross-entropy on (x, y), summed and averaged as the plan says.
 
-    ``x``/``y`` are this replica's whole batch (every rank of a model-parallel group gets the
-    same one). Dropout masks are drawn for the batch of all replicas, so row offsets
-    include the replica's position.
+    ``x``/``y`` are this replica's batch for micro-step ``micro`` of ``micro_steps`` (every
+    rank of a model-parallel group gets the same one). Backward adds into ``.grad``; only
+    the last micro-step sums gradients over devices and replicas. Dropout masks are drawn
+    for the global batch (all replicas' micro-batches, replica-major), so row offsets
+    include the replica's and the micro-step's position.
     """
     plan = shard.plan
     batch = x.shape[0]
-    row_offset, full_batch = transport.replica * batch, plan.replicas * batch
+    row_offset = (transport.replica * micro_steps + micro) * batch
+    full_batch = plan.replicas * micro_steps * batch
     syncs = gradient_syncs(shard, transport)
+    last = micro == micro_steps - 1
     if plan.strategy == "pipeline":  # in the plan's schedule: gpipe or 1f1b
         loss, logits = pipeline_step(shard, x, y, transport, step, row_offset, full_batch,
-                                     before_last_backward=syncs.arm)
+                                     before_last_backward=syncs.arm if last else None)
     else:
         set_step(shard, step, row_offset, full_batch)
         with compute(transport):
             logits = shard(x)
             loss = F.cross_entropy(logits, y)
-        syncs.arm()
+        if last:
+            syncs.arm()
         loss.backward()
         loss, logits = loss.detach(), logits.detach()
-    syncs.finish()
+    if last:
+        syncs.finish()
     return StepResult(loss, logits)
+
+
+def accumulated_step(shard: ShardNet, x: torch.Tensor, y: torch.Tensor, transport: Transport, step: int,
+                     micro_steps: int) -> StepResult:
+    """One optimizer step's gradients from this replica's ``micro_steps`` x B rows, in micro-batches of B.
+
+    The gradient is the mean over the global batch: micro-step gradients add up in
+    ``.grad``, the replicas' sums are averaged, and the sum is divided by the micro-step
+    count. Two replicas of one micro-step and one replica of two add the same two numbers
+    and divide by two: the same bits.
+    """
+    if x.shape[0] % micro_steps:
+        raise ValueError(f"a batch of {x.shape[0]} rows does not split into {micro_steps} micro-batches")
+    results = [forward_backward(shard, xm, ym, transport, step, m, micro_steps)
+               for m, (xm, ym) in enumerate(zip(x.chunk(micro_steps), y.chunk(micro_steps), strict=True))]
+    if micro_steps == 1:
+        return results[0]
+    for param in shard.parameters():
+        if param.grad is not None:
+            param.grad /= micro_steps
+    losses = [r.loss for r in results if r.loss is not None]
+    logits = [r.logits for r in results if r.logits is not None]
+    return StepResult(torch.stack(losses).mean() if losses else None, torch.cat(logits) if logits else None)
 
 
 class GradientSyncs:

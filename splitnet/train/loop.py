@@ -3,18 +3,27 @@
 Any launcher calls ``train_worker`` after setting up the process group; nothing here
 knows how the processes were started. It reads top to bottom: build the shard,
 restore, then epochs of steps, evaluation, schedule, checkpoints.
+
+A step is one global batch (``train.global_batch``): this replica's part of it, in
+``accumulate`` micro-batches of ``batch_size``. SIGTERM (a preemption) asks for a stop:
+every rank finishes the step it is in, the job writes a complete checkpoint at that
+step boundary, and the worker returns ``preempted`` (the command then exits with
+``PREEMPTED_EXIT``, which schedulers requeue on; docs/launchers.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +35,17 @@ from splitnet.data import build_loader
 from splitnet.errors import SplitnetError
 from splitnet.model.spec import ModelSpec
 from splitnet.partition.plan import Plan
-from splitnet.runtime import ShardNet, forward_backward, open_transport, setup_rank
+from splitnet.runtime import ShardNet, accumulated_step, open_transport, setup_rank
 from splitnet.runtime.precision import compute
 from splitnet.runtime.schedule import pipeline_forward
 from splitnet.train import checkpoint
 from splitnet.train.evaluate import pad_rows, score, scores_text, summarize
+from splitnet.train.global_batch import global_batch, recorded_global_batch
 from splitnet.train.lr import LrSchedule
+
+# 128 + SIGTERM: what a process that SIGTERM ended reports, so a scheduler that requeues
+# or restarts a terminated job (Slurm's batch script, Kubernetes, compose) does so here.
+PREEMPTED_EXIT = 128 + signal.SIGTERM
 
 
 def _logger(run_dir: Path, rank: int, console: bool) -> logging.Logger:
@@ -81,6 +95,28 @@ def report_damage(damage: dict[str, Any], reported: set[str], log: logging.Logge
                                "samples": lost.samples, "reason": lost.reason})
 
 
+class StopRequest:
+    """Set by SIGTERM while the worker runs; the previous handler is back when it returns."""
+
+    def __init__(self) -> None:
+        self.asked = False
+
+    def ask(self, signum: int, frame: Any) -> None:
+        self.asked = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        try:
+            previous = signal.signal(signal.SIGTERM, self.ask)
+        except ValueError:  # not the main thread: the launcher that started it handles SIGTERM
+            yield self
+            return
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def forward_only(shard: ShardNet, x: torch.Tensor, transport: Transport) -> torch.Tensor | None:
     with compute(transport):  # exchanges carry the compute dtype in evaluation too
         if shard.plan.strategy == "pipeline":
@@ -119,7 +155,8 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
     leaves with its message and the place of its traceback, which goes to the rank's log:
     the launcher reports the one line; any other exception is a bug and travels whole."""
     try:
-        return _train(rank, world_size, cfg)
+        with StopRequest().installed() as stop:
+            return _train(rank, world_size, cfg, stop)
     except SplitnetError as exc:
         path = Path(cfg["run_dir"]) / "logs" / f"rank{rank}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +167,7 @@ def train_worker(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, A
         raise RankError(f"{message} (its traceback: {path})") from exc
 
 
-def _train(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
+def _train(rank: int, world_size: int, cfg: dict[str, Any], stop_request: StopRequest) -> dict[str, Any]:
     from tqdm import tqdm
 
     # tqdm's default lock is a named semaphore registered with multiprocessing's resource
@@ -159,6 +196,10 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
         ckpt = done[-1] if done else None
     elif tcfg.get("resume"):
         ckpt = checkpoint.find_checkpoint(tcfg["resume"])
+    recorded = recorded_global_batch(checkpoint.read_meta(ckpt)) if ckpt is not None else None
+    total_batch, micro_steps = global_batch(tcfg, plan.batch_size, plan.replicas, recorded, str(ckpt))
+    log.info(f"global batch {total_batch} = {plan.replicas} replica(s) x {micro_steps} micro-step(s) x "
+             f"batch_size {plan.batch_size}")
     if ckpt is not None:
         model_state, momentum, meta, rng = checkpoint.restore(ckpt, plan, rank, cfg["model"])
         shard.load_state_dict(model_state)
@@ -196,19 +237,20 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
         if rank == 0:
             path = checkpoint.publish(root, step, {
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "plan": plan.to_dict(),
+                "global_batch": total_batch, "replicas": plan.replicas, "accumulate": micro_steps,
                 "config": {k: v for k, v in cfg.items() if k != "plan"}, "schedule": schedule.state_dict()},
                 tcfg["keep"])
             log.info(f"checkpoint {path}")
         transport.barrier("checkpoint")
 
     final: dict[str, Any] = {}
-    stop = False
+    stop = preempted = False
     damaged: set[str] = set()
     evaluating = cfg["eval"].get("enabled", True)
     every = int(cfg["eval"].get("every", 1))
     for epoch in range(first_epoch, tcfg["epochs"]):
         loader = build_loader(cfg["data"], split="train", image_size=spec.input_size,
-                              channels=spec.input_channels, batch_size=plan.batch_size,
+                              channels=spec.input_channels, batch_size=plan.batch_size * micro_steps,
                               replica=transport.replica, num_replicas=plan.replicas, epoch=epoch, seed=seed,
                               skip_batches=skip)
         bar = tqdm(total=len(loader) + skip, initial=skip, disable=not reporter, desc=f"epoch {epoch + 1}",
@@ -224,18 +266,19 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
             x, y = x.to(transport.device, non_blocking=True), y.to(transport.device, non_blocking=True)
             if tcfg.get("channels_last"):
                 x = x.contiguous(memory_format=torch.channels_last)
-            result = forward_backward(shard, x, y, transport, step)
+            result = accumulated_step(shard, x, y, transport, step, micro_steps)
             opt.step()
             if transport.device.type == "cuda":  # CUDA runs asynchronously: time the work, not its launch
                 torch.cuda.synchronize(transport.device)
             seconds = time.perf_counter() - t0
             step += 1
             record: dict[str, Any] = {
-                "kind": "step", "rank": rank, "step": step, "epoch": epoch,
+                "kind": "step", "rank": rank, "step": step, "epoch": epoch, "replicas": plan.replicas,
+                "accumulate": micro_steps,
                 "comm_bytes": round(transport.meter.total()),
                 "comm": {k: round(v["fwd"] + v["bwd"]) for k, v in transport.meter.per_layer().items()}}
             if reporter:
-                images = plan.batch_size * plan.replicas / seconds
+                images = total_batch / seconds
                 record.update(loss=float(result.loss), lr=lr, images_per_s=images, step_s=seconds)
                 bar.set_postfix(loss=f"{float(result.loss):.3f}", lr=f"{lr:.3g}", img_s=f"{images:.0f}")
                 if board is not None:
@@ -245,12 +288,22 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
                 _append(metrics_path, record)
             bar.update(1)
             taken += 1
-            if tcfg["checkpoint_every"] and step % tcfg["checkpoint_every"] == 0:
+            saved = bool(tcfg["checkpoint_every"]) and step % tcfg["checkpoint_every"] == 0
+            if saved:
                 save(epoch, taken)
+            if transport.any_rank(stop_request.asked, "preemption"):
+                if not saved:
+                    save(epoch, taken)
+                log.info(f"stopped by SIGTERM after step {step}: resume from the checkpoint with "
+                         "train.resume=auto")
+                preempted = True
+                break
             if tcfg["max_steps"] and step >= tcfg["max_steps"]:
                 stop = True
                 break
         bar.close()
+        if preempted:
+            break
         if transport.mp_rank == plan.output_rank:  # one rank per replica reads for all of it
             report_damage(getattr(loader, "damage", {}), damaged, log, metrics_path, rank, epoch, step)
         complete = taken == total
@@ -275,9 +328,9 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any]) -> dict[str, Any]:
         save(*((epoch + 1, 0) if complete else (epoch, taken)))
         if stop:
             break
-    if not final:  # nothing left to train (a finished run resumed): report where it stands
+    if not final and not preempted:  # nothing left to train (a finished run resumed): report where it stands
         final = {"kind": "epoch", "epoch": first_epoch - 1, "step": step,
                  **(evaluate(shard, transport, spec, plan, cfg, cfg["eval"]["crops"]) if evaluating else {})}
     if board is not None:
         board.close()
-    return {"rank": rank, "reporter": reporter, "final": final, "step": step}
+    return {"rank": rank, "reporter": reporter, "final": final, "step": step, "preempted": preempted}

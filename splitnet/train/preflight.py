@@ -13,9 +13,11 @@ or raises a ``SplitnetError`` whose one line names the key, its value and the fi
 - the data against the model: class count, image channels, stored image size and
   ``data.side`` against the model's input;
 - the data against the job: enough training samples for one batch on every replica,
-  a training shard for every replica, and a validation split unless ``eval.enabled=false``
+  and a validation split unless ``eval.enabled=false``
   (then the lr schedule must not need one);
-- a checkpoint to resume from: the same model, and the same data position mid-epoch.
+- a checkpoint to resume from: the same model, a global batch this mesh can hold
+  (``train.global_batch``: the replicas may change, the global batch stays), and the same
+  data position mid-epoch.
 
 It reads the config, ``meta.json`` files and checkpoint metadata; it starts no process and
 never imports torch.distributed, Ray or Hydra.
@@ -37,6 +39,7 @@ from splitnet.keys import is_int, is_number, need, need_int
 from splitnet.model.spec import ModelSpec, load_spec
 from splitnet.partition import Mesh, make_plan
 from splitnet.partition.plan import Plan
+from splitnet.train.global_batch import global_batch, recorded_global_batch
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ def preflight(cfg: dict[str, Any], run_dir: Path) -> Checked:
     check_data(cfg, spec, plan, info)
     if cfg["train"].get("resume"):
         check_checkpoint(cfg, plan, run_dir)
+    else:
+        global_batch(cfg["train"], cfg["batch_size"], plan.replicas)
     return Checked(spec, plan, info)
 
 
@@ -120,10 +125,6 @@ def check_data(cfg: dict[str, Any], spec: ModelSpec, plan: Plan, info: DataInfo)
                             f"them up on purpose set data.side={size * 256 // 224}, or pick a model for "
                             f"{info.image_size}x{info.image_size} input")
     train = resolve(info.patterns["train"], "train")
-    if len(train.paths) < plan.replicas:
-        raise SplitnetError(f"mesh.replicas={plan.replicas} but data.train has {len(train.paths)} shard(s) "
-                            f"({info.patterns['train']}): each replica reads its own; write smaller shards "
-                            "(`splitnet shards ... --per-shard N`) or use fewer replicas")
     need = cfg["batch_size"] * plan.replicas
     fraction = cfg["data"].get("fraction", 1.0)
     total = subset_size(train.total, fraction)
@@ -157,12 +158,12 @@ def check_checkpoint(cfg: dict[str, Any], plan: Plan, run_dir: Path) -> None:
     diff = model_difference(meta["config"]["model"], cfg["model"])
     if diff is not None:
         raise CheckpointError(f"checkpoint {done[-1]} is for a different model: {diff}")
-    if meta["batch_in_epoch"]:  # mid-epoch: the data position counts this data's batches
+    recorded = recorded_global_batch(meta)
+    total, _ = global_batch(cfg["train"], cfg["batch_size"], plan.replicas, recorded, str(done[-1]))
+    if meta["batch_in_epoch"]:  # mid-epoch: the data position counts global batches of this data
         was = meta["config"]
-        now = {"batch_size": cfg["batch_size"], "mesh.replicas": plan.replicas, "seed": cfg["seed"],
-               "data": _position_keys(cfg["data"])}
-        then = {"batch_size": was["batch_size"], "mesh.replicas": was["mesh"]["replicas"],
-                "seed": was["seed"], "data": _position_keys(was["data"])}
+        now = {"train.global_batch": total, "seed": cfg["seed"], "data": _position_keys(cfg["data"])}
+        then = {"train.global_batch": recorded, "seed": was["seed"], "data": _position_keys(was["data"])}
         changed = [k for k in now if now[k] != then[k]]
         if changed:
             raise CheckpointError(
