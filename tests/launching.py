@@ -118,15 +118,18 @@ def loopback_rendezvous(run_id: str) -> Iterator[list[str]]:
         del store
 
 
-def start_torchrun(torchrun_args: list[str], cwd: Path, log: Path, *overrides: str) -> subprocess.Popen:
+def start_torchrun(torchrun_args: list[str], cwd: Path, log: Path, *overrides: str,
+                   own_group: bool = False) -> subprocess.Popen:
     """``torchrun ARGS -m splitnet train launcher=torchrun JOB OVERRIDES`` in the background, output to ``log``.
 
     The agent serves no store of its own for the workers (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE``):
-    rank 0 serves it, on 127.0.0.1 because ``--local-addr`` makes that the master address."""
+    rank 0 serves it, on 127.0.0.1 because ``--local-addr`` makes that the master address.
+    ``own_group``: the agent and its workers in a process group of their own (a node to lose)."""
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo",  # else gloo binds the interface of the machine's hostname
            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with log.open("w") as out:
         return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *torchrun_args, "-m", "splitnet",
                                  "train", "launcher=torchrun", *JOB, *overrides],
-                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=own_group)
