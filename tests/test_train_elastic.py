@@ -82,7 +82,8 @@ def _rank_process(parent: int, rank: int) -> int | None:
 
 
 @pytest.mark.timeout(240)
-def test_sigterm_to_one_rank_checkpoints_at_a_step_boundary_and_resumes_bitwise(tmp_path):
+@pytest.mark.parametrize("target", ["rank 1", "parent"])  # the parent (docker stop) passes it on
+def test_sigterm_checkpoints_at_a_step_boundary_exits_143_and_resumes_bitwise(tmp_path, target):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "splitnet", "train", *JOB, f"hydra.run.dir={run_dir}"],
@@ -91,9 +92,9 @@ def test_sigterm_to_one_rank_checkpoints_at_a_step_boundary_and_resumes_bitwise(
     pid = None
     while pid is None and proc.poll() is None and time.monotonic() < deadline:
         if complete_checkpoints(run_dir / "checkpoints"):  # step 2 of 12: the signal lands mid-epoch
-            pid = _rank_process(proc.pid, 1)
+            pid = _rank_process(proc.pid, 1) if target == "rank 1" else proc.pid
         time.sleep(0.01)  # polling the file system, not standing in for synchronisation
-    assert pid is not None, "no checkpoint and rank 1 process to signal"
+    assert pid is not None, f"no checkpoint and {target} process to signal"
     os.kill(pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == PREEMPTED_EXIT == 143, err
@@ -102,5 +103,7 @@ def test_sigterm_to_one_rank_checkpoints_at_a_step_boundary_and_resumes_bitwise(
     meta = read_meta(latest)
     assert 2 <= meta["step"] <= 12 and meta["epoch"] == 0 and meta["batch_in_epoch"] == meta["step"]
     assert sorted(p.name for p in latest.iterdir()) == ["meta.json", "rank0.pt", "rank1.pt"]
+    if target == "parent":  # resuming is the same as after a rank's signal
+        return
     train(run_dir, *JOB, "train.resume=auto")
     assert_bitwise_equal(final_params(run_dir), simulate_params())

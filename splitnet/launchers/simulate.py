@@ -4,7 +4,8 @@ Each process joins a gloo process group on 127.0.0.1 (a free port), gets
 max(1, cores // N) intra-op threads, and calls the worker function. The first worker
 to fail stops all the others, and its exception and traceback, or the signal that
 killed it, are raised here (``WorkerFailed``) with its rank; Ctrl-C or the parent's
-death leaves no orphans. Each process is named ``splitnet-rank<r>`` (ps, top).
+death leaves no orphans, and SIGTERM to the parent is passed on to every rank (a
+preemption: the ranks checkpoint at the step boundary and return). Each process is named ``splitnet-rank<r>`` (ps, top).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -92,6 +94,27 @@ def _failure(out: Path, procs: list[Any], rank: int, exitcode: int) -> WorkerFai
                         cause=cause.read_text() if cause.exists() else None)
 
 
+@contextlib.contextmanager
+def _forwarding_sigterm(procs: list[Any]) -> Iterator[None]:
+    """SIGTERM to this process (``docker stop``, a scheduler) goes on to every rank, which
+    stops at the next step boundary with a checkpoint; the job then ends as preempted."""
+
+    def forward(signum: int, frame: Any) -> None:
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, forward)
+    except ValueError:  # not the main thread: whoever owns the main thread handles SIGTERM
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def launch(job: Job, world_size: int, cfg: dict[str, Any], *, threads: int | None = None,
            timeout_s: float = 300.0) -> list[Any]:
     """Run ``job(rank, world_size, cfg)`` in ``world_size`` processes; return their results by rank."""
@@ -106,12 +129,13 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any], *, threads: int | Non
             for p in procs:
                 p.start()
             running = {p.sentinel: (r, p) for r, p in enumerate(procs)}
-            while running:
-                for sentinel in multiprocessing.connection.wait(list(running)):
-                    rank, proc = running.pop(sentinel)
-                    proc.join()
-                    if proc.exitcode != 0:
-                        raise _failure(Path(out), procs, rank, proc.exitcode)
+            with _forwarding_sigterm(procs):
+                while running:
+                    for sentinel in multiprocessing.connection.wait(list(running)):
+                        rank, proc = running.pop(sentinel)
+                        proc.join()
+                        if proc.exitcode != 0:
+                            raise _failure(Path(out), procs, rank, proc.exitcode)
         finally:
             started = [p for p in procs if p.pid is not None]  # a start that failed must not mask its error
             for p in started:
