@@ -12,6 +12,7 @@ import pytest
 
 from splitnet.cli import main
 from splitnet.launchers.torchrun import TorchrunError, adapt_config, backend, run_folder_override, torchrun_env
+from splitnet.partition import MeshError
 from tests.launching import (
     JOB,
     assert_bitwise_equal,
@@ -90,7 +91,7 @@ def test_a_world_size_the_mesh_does_not_match_is_one_line_before_any_collective(
     monkeypatch.chdir(tmp_path)
     assert main(["train", "launcher=torchrun", *JOB]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["splitnet train: error: torchrun started WORLD_SIZE=3 ranks but mesh.replicas x mesh.devices = "
+    assert err == ["splitnet train: error: torchrun started 3 rank(s) but mesh.replicas x mesh.devices = "
                    "1 x 2 = 2; start 2 ranks or set mesh.replicas=null to derive it"]
     assert not dist.is_initialized()
 
@@ -100,7 +101,7 @@ def test_mesh_replicas_null_is_derived_from_the_world_size(monkeypatch):
     _torchrun_env(monkeypatch, world=6)
     assert adapt_config(cfg)["mesh"]["replicas"] == 3
     _torchrun_env(monkeypatch, world=5)
-    with pytest.raises(TorchrunError, match=r"torchrun started 5 ranks, which mesh.devices=2 does not divide"):
+    with pytest.raises(MeshError, match=r"torchrun started 5 rank\(s\), which mesh.devices=2 does not divide"):
         adapt_config(cfg)
 
 

@@ -33,6 +33,7 @@ from splitnet.errors import SplitnetError
 from splitnet.launchers.backend import choose_backend
 from splitnet.launchers.core import Job, WorkerFailed, cause_of, open_store, run_in_group
 from splitnet.launchers.placement import spanning_replicas
+from splitnet.partition.mesh import replicas_for_world
 
 _NEEDED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -77,19 +78,10 @@ def run_folder_override(args: list[str], environ: dict[str, str] | None = None) 
 
 def adapt_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The config as this rank runs it: ``mesh.replicas`` derived when null, checked against the
-    world size."""
-    env = torchrun_env()
+    world size. An elastic restart on fewer nodes derives fewer replicas here."""
+    world = torchrun_env()["world_size"]
     mesh = dict(cfg["mesh"])
-    world, devices = env["world_size"], mesh["devices"]
-    if mesh.get("replicas") is None:
-        if not isinstance(devices, int) or devices < 1 or world % devices:
-            raise TorchrunError(f"torchrun started {world} ranks, which mesh.devices={devices!r} does not "
-                                "divide; mesh.replicas=null needs WORLD_SIZE = replicas x devices")
-        mesh["replicas"] = world // devices
-    if mesh["replicas"] * devices != world:
-        raise TorchrunError(f"torchrun started WORLD_SIZE={world} ranks but mesh.replicas x mesh.devices = "
-                            f"{mesh['replicas']} x {devices} = {mesh['replicas'] * devices}; start "
-                            f"{mesh['replicas'] * devices} ranks or set mesh.replicas=null to derive it")
+    mesh["replicas"] = replicas_for_world(world, mesh["devices"], mesh.get("replicas"), started_by="torchrun")
     return {**cfg, "mesh": mesh}
 
 
