@@ -149,3 +149,25 @@ def test_gpu_check_runs_every_check_its_gpus_allow_and_ends_with_one_json_summar
     assert by_name["verify-nccl-rules"]["ok"] is False and by_name["verify-nccl-rules"]["last"] == "verify: FAILED"
     assert by_name["d1-train"]["ok"] is True  # a stand-in torchrun that succeeds
     assert by_name["columns-d2"]["ok"] is False  # no exported parameters to compare
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(400)
+def test_the_readme_single_node_line_derives_the_replicas_from_the_world(tmp_path):
+    """README's one-node line names no mesh.replicas: 4 ranks at the default mesh.devices=2 train
+    as 2 replicas (8 GPUs would be 4), with the model and data scaled down."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    (line,) = [text for text in readme if text.startswith("torchrun --standalone --nproc-per-node=8 ")]
+    args = line.split()[1:]
+    assert "mesh.replicas" not in line and args[args.index("-m"):][:3] == ["-m", "splitnet", "train"]
+    args = [("--nproc-per-node=4" if a.startswith("--nproc-per-node=") else a) for a in args
+            if not a.startswith(("model=", "data="))]
+    run_dir = tmp_path / "run"
+    with loopback_rendezvous("one-node") as rendezvous:
+        done = subprocess.run(["torchrun", *args, "model=alexnet_small", *TWO_STEPS, f"train.run_dir={run_dir}"],
+                              cwd=tmp_path, env=_env(tmp_path, rendezvous), capture_output=True, text=True,
+                              timeout=360)
+    assert done.returncode == 0, done.stdout + done.stderr
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert (plan["mesh"]["devices"], plan["mesh"]["replicas"]) == (2, 2)
+    assert _steps(run_dir) == [1, 2]

@@ -89,10 +89,16 @@ def test_a_world_size_the_mesh_does_not_match_is_one_line_before_any_collective(
 
     _torchrun_env(monkeypatch, world=3)
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "launcher=torchrun", *JOB]) == 2
+    assert main(["train", "launcher=torchrun", *JOB, "mesh.replicas=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["splitnet train: error: torchrun started 3 rank(s) but mesh.replicas x mesh.devices = "
                    "1 x 2 = 2; start 2 ranks or set mesh.replicas=null to derive it"]
+    # the default (mesh.replicas=null) derives R from the world, which mesh.devices=2 does not divide
+    assert main(["train", "launcher=torchrun", *JOB]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["splitnet train: error: torchrun started 3 rank(s), which mesh.devices=2 does not divide: "
+                   "mesh.replicas=null needs a world of replicas x 2 ranks; start a multiple of 2 ranks or change "
+                   "mesh.devices"]
     assert not dist.is_initialized()
 
 

@@ -25,12 +25,14 @@ class Launcher:
     name: str
 
     def prepare(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        """The config as this launcher runs it (torchrun derives ``mesh.replicas`` from its
-        world size and checks it; the others change nothing)."""
+        """The config as this launcher runs it: torchrun derives ``mesh.replicas`` from its world
+        size and checks it; the others, which choose the world themselves, read null as 1."""
         if self.name == "torchrun":
             from splitnet.launchers.torchrun import adapt_config
 
             return adapt_config(cfg)
+        if cfg["mesh"].get("replicas") is None:
+            return {**cfg, "mesh": {**cfg["mesh"], "replicas": 1}}
         return cfg
 
     def own_ranks(self, world_size: int) -> list[int]:

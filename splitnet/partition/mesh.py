@@ -111,6 +111,8 @@ class Mesh:
         if unknown:
             raise MeshError(f"mesh: unknown key(s) {unknown}; valid keys: {sorted(known)}")
         args = dict(d)
+        if args.get("replicas", 1) is None:  # null: derived from the world size where a launcher has one
+            args["replicas"] = 1
         if "device_memory" in args:
             args["device_memory"] = parse_bytes(args["device_memory"])
         return cls(**args)
