@@ -107,6 +107,24 @@ def test_real_data_replaces_the_embedded_set_and_keeps_the_experiment():
     assert cfg["model"]["name"] == "convnet" and cfg["arch"]["dropout"] == 0.5
 
 
+def test_the_dropout_sweep_runs_inverted_dropout_the_papers_and_none():
+    seen = {}
+    for kind in sweep_params("dropout")["arch.dropout_kind"]:
+        layers = compose_cfg("+experiment=dropout", f"arch.dropout_kind={kind}")["model"]["layers"]
+        seen[kind] = [(x["p"], x["scale"]) for x in layers if x["op"] == "dropout"]
+    assert seen == {"inverted": [(0.5, "train")] * 2, "paper": [(0.5, "test")] * 2, "none": []}
+
+
+def test_the_test_crops_sweep_scores_five_crops_without_flips_and_the_papers_ten_with_them():
+    from splitnet.data.augment import eval_crops
+
+    scored = {}
+    for flip in sweep_params("test_crops")["data.flip"]:
+        data = compose_cfg("+experiment=test_crops", f"data.flip={flip}", "eval.crops=10")["data"]
+        scored[flip] = eval_crops(10, data["flip"] and data["augment"])
+    assert scored == {"false": 5, "true": 10}
+
+
 def test_towers_puts_the_two_tower_net_on_two_devices_and_the_half_net_on_one():
     two = compose_cfg("+experiment=towers", "model=alexnet_small")
     one = compose_cfg("+experiment=towers", "model=alexnet_small_onetower")

@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from splitnet.report.sweep import collect
-from splitnet.report.verdict import CLAIMS, Claim, judge, judge_all, main, paired_interval, t975, verdict
+from splitnet.report.verdict import (
+    CLAIMS,
+    Agreement,
+    Claim,
+    judge,
+    judge_all,
+    main,
+    paired_interval,
+    t975,
+    verdict,
+)
 from tests.test_report_sweep import write_run
 
 
@@ -112,3 +122,45 @@ def test_the_suite_runs_every_sweep_and_every_claim_names_one():
     assert "python -m splitnet.report.verdict" in script
     assert {c.sweep for c in CLAIMS} <= sweeps
     assert all(c.command == f"splitnet train -m +experiment={c.sweep}" for c in CLAIMS)
+
+
+def _strategies(root: Path, top1: dict[tuple[str, int], float], falling: set[tuple[str, int]] = frozenset()) -> Path:
+    for (partition, seed), acc in top1.items():
+        losses = ([[2.0 - 0.1 * e] for e in range(10)] if (partition, seed) in falling
+                  else [[1.0]] * 5 + [[0.995]] * 5)
+        write_run(root, [f"seed={seed}", f"partition={partition}"], [None] * 9 + [(acc, 1.0, 0.5)], losses,
+                  planned=10)
+    return root
+
+
+STRATEGIES = next(c for c in CLAIMS if isinstance(c, Agreement))
+
+
+def test_an_agreement_claim_holds_only_when_every_setting_ends_equal(tmp_path):
+    equal = {(p, 0): 0.874 for p in ("columns", "pipeline", "hybrid")}
+    result = judge(STRATEGIES, collect(_strategies(tmp_path / "equal", equal)))
+    assert (result["verdict"], result["effect"], result["interval"], result["seeds"]) == ("reproduced", 0.0, None,
+                                                                                          ["0"])
+    # one held-out image of 500 apart on seed 1: the largest difference over the seeds is 0.2 points
+    apart = equal | {("columns", 1): 0.874, ("pipeline", 1): 0.876, ("hybrid", 1): 0.874}
+    result = judge(STRATEGIES, collect(_strategies(tmp_path / "apart", apart)))
+    assert result["verdict"] == "contradicted" and result["effect"] == pytest.approx(0.2)
+    assert result["seeds"] == ["0", "1"] and result["converged_runs"] == 6
+    # a seed counts only when all three of its runs converged
+    result = judge(STRATEGIES, collect(_strategies(tmp_path / "falling", apart, falling={("pipeline", 1)})))
+    assert (result["verdict"], result["seeds"], result["converged_runs"]) == ("reproduced", ["0"], 5)
+    missing = {k: v for k, v in equal.items() if k[0] != "hybrid"}
+    assert judge(STRATEGIES, collect(_strategies(tmp_path / "missing", missing)))["verdict"] == "not measured"
+
+
+def test_every_claim_picks_settings_its_sweep_runs():
+    from tests.test_experiments import sweep_params
+
+    for claim in CLAIMS:
+        params = {k: [v.lower() for v in values] for k, values in sweep_params(claim.sweep).items()}
+        if isinstance(claim, Agreement):
+            assert sorted(params[claim.key]) == sorted(claim.settings), claim.claim
+            continue
+        for _, picks in claim.terms:
+            for key, value in picks:
+                assert value.lower() in params[key], (claim.claim, key, value)

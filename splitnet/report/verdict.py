@@ -9,6 +9,13 @@ interval by Student's t. The verdict: "reproduced" when the interval lies wholly
 paper's side of zero, "contradicted" when wholly on the other, "inconclusive" when it holds
 zero, "not measured" with fewer than two converged seeds (no interval exists).
 
+A claim that settings train one network (``Agreement``: the strategies) has no side to
+favour: per seed the largest absolute difference of final top-1 between its settings, and the
+verdict "reproduced" when every seed whose runs all converged has them equal (within
+``tolerance``, a fraction: float round-off of the accuracy, not a held-out image), else
+"contradicted"; "not measured" without such a seed. Its ``effect`` is the largest difference
+over those seeds, its ``interval`` null.
+
     python -m splitnet.report.verdict SWEEPS_ROOT [out=FILE]
 
 reads ``SWEEPS_ROOT/<sweep>`` for every claim in ``CLAIMS`` and prints (or writes) the list.
@@ -77,6 +84,19 @@ class Claim:
     metric: str = "top1"
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """A claim that every value of ``key`` in ``settings`` gives the same final ``metric``."""
+
+    claim: str
+    sweep: str
+    key: str
+    settings: tuple[str, ...]
+    command: str
+    metric: str = "top1"
+    tolerance: float = 1e-6
+
+
 def _pair(name: str, sweep: str, key: str, paper: str, other: str, command: str,
           fixed: tuple[tuple[str, str], ...] = ()) -> Claim:
     return Claim(name, sweep, ((1.0, ((key, paper), *fixed)), (-1.0, ((key, other), *fixed))), command)
@@ -85,19 +105,23 @@ def _pair(name: str, sweep: str, key: str, paper: str, other: str, command: str,
 _DEEP, _SHALLOW, _MOST, _LEAST = "6", "2", "1.0", "0.02"
 
 # Fixed before the runs (issue 19): which settings each claim compares, in the paper's direction.
-CLAIMS: tuple[Claim, ...] = (
+CLAIMS: tuple[Claim | Agreement, ...] = (
     _pair("data augmentation raises held-out accuracy (overfitting regime, 4.1)", "augment",
           "data.augment", "true", "false", "splitnet train -m +experiment=augment"),
     _pair("dropout 0.5 raises held-out accuracy (overfitting regime, 4.2)", "dropout",
-          "arch.dropout", "0.5", "0.0", "splitnet train -m +experiment=dropout"),
+          "arch.dropout_kind", "inverted", "none", "splitnet train -m +experiment=dropout"),
+    _pair("the paper's dropout (outputs times 0.5 at test time) raises held-out accuracy (4.2)", "dropout",
+          "arch.dropout_kind", "paper", "none", "splitnet train -m +experiment=dropout"),
     _pair("two towers beat one tower with half the kernels (3.2)", "towers",
           "model", "alexnet_small", "alexnet_small_onetower", "splitnet train -m +experiment=towers"),
     _pair("LRN raises held-out accuracy (3.3; overlapping pools)", "lrn_pool",
           "arch.lrn", "true", "false", "splitnet train -m +experiment=lrn_pool", (("arch.pool", "3"),)),
     _pair("overlapping 3/2 pooling beats 2/2 (3.4; with LRN)", "lrn_pool",
           "arch.pool", "3", "2", "splitnet train -m +experiment=lrn_pool", (("arch.lrn", "true"),)),
-    _pair("averaging test-time crops beats the centre crop (4.1)", "test_crops",
-          "eval.crops", "10", "1", "splitnet train -m +experiment=test_crops"),
+    _pair("averaging the ten test-time crops beats the centre crop (4.1; trained with flips)", "test_crops",
+          "eval.crops", "10", "1", "splitnet train -m +experiment=test_crops", (("data.flip", "true"),)),
+    _pair("averaging five unmirrored crops beats the centre crop (4.1; trained without flips)", "test_crops",
+          "eval.crops", "10", "1", "splitnet train -m +experiment=test_crops", (("data.flip", "false"),)),
     Claim("depth pays only with data: (6 - 2 conv layers) at 100% minus the same at 2% of the data",
           "depth_data",
           ((1.0, (("arch.depth", _DEEP), ("data.fraction", _MOST))),
@@ -105,6 +129,8 @@ CLAIMS: tuple[Claim, ...] = (
            (-1.0, (("arch.depth", _DEEP), ("data.fraction", _LEAST))),
            (1.0, (("arch.depth", _SHALLOW), ("data.fraction", _LEAST)))),
           "splitnet train -m +experiment=depth_data"),
+    Agreement("columns, pipeline and hybrid train one network: equal final accuracy", "strategies",
+              "partition", ("columns", "pipeline", "hybrid"), "splitnet train -m +experiment=strategies"),
 )
 
 
@@ -112,8 +138,10 @@ def _matches(run: Run, picks: tuple[tuple[str, str], ...]) -> bool:
     return all(run.overrides.get(k, "").lower() == v.lower() for k, v in picks)
 
 
-def judge(claim: Claim, sweep: Sweep) -> dict[str, Any]:
+def judge(claim: Claim | Agreement, sweep: Sweep) -> dict[str, Any]:
     """The claim's verdict from the sweep's converged runs, paired by seed."""
+    if isinstance(claim, Agreement):
+        return _judge_agreement(claim, sweep)
     by_seed: dict[str, list[Run | None]] = {}
     for i, (_, picks) in enumerate(claim.terms):
         for run in sweep.runs:
@@ -134,7 +162,30 @@ def judge(claim: Claim, sweep: Sweep) -> dict[str, Any]:
             "command": claim.command}
 
 
-def judge_all(root: Path, claims: tuple[Claim, ...] = CLAIMS) -> list[dict[str, Any]]:
+def _judge_agreement(claim: Agreement, sweep: Sweep) -> dict[str, Any]:
+    by_seed: dict[str, dict[str, Run]] = {}
+    for run in sweep.runs:
+        setting = run.overrides.get(claim.key, "").lower()
+        if setting in claim.settings:
+            by_seed.setdefault(run.overrides.get(SEED, ""), {})[setting] = run
+    spreads, seeds, converged = [], [], 0
+    for seed, runs in sorted(by_seed.items()):
+        converged += sum(r.converged for r in runs.values())
+        values = [r.value(claim.metric) for r in runs.values() if r.converged]
+        if len(runs) == len(claim.settings) and len(values) == len(runs) and None not in values:
+            spreads.append(max(values) - min(values))
+            seeds.append(seed)
+    if not spreads:
+        outcome = "not measured"
+    else:
+        outcome = "reproduced" if max(spreads) <= claim.tolerance else "contradicted"
+    return {"claim": claim.claim, "verdict": outcome,
+            "effect": round(100 * max(spreads), 2) if spreads else None, "interval": None,
+            "seeds": seeds, "converged_runs": converged, "runs": sum(len(r) for r in by_seed.values()),
+            "command": claim.command}
+
+
+def judge_all(root: Path, claims: tuple[Claim | Agreement, ...] = CLAIMS) -> list[dict[str, Any]]:
     """Every claim against ``root/<its sweep>``; a sweep not run gives "not measured"."""
     out = []
     for claim in claims:
