@@ -185,8 +185,10 @@ def test_auto_passes_the_chunks_to_columns_and_says_when_its_winner_drops_them()
     partition = {"strategy": "auto", "chunks": 2, "microbatches": 4}
     plan = make_plan(spec, partition, Mesh(2), 8)
     assert (plan.strategy, plan.chunks) == ("columns", 2)
-    # 11 devices: fc8's 10 outputs rule out columns and hybrid, so a pipeline wins
-    plan = make_plan(spec, partition, Mesh(11), 8)
+    # fc8 narrowed to 2 outputs: on 3 devices it rules out columns and hybrid, so a pipeline wins
+    narrow = model_dict("alexnet_small")
+    narrow["layers"][-1] = {**narrow["layers"][-1], "out": 2}
+    plan = make_plan(load_spec(narrow), partition, Mesh(3), 8)
     assert (plan.strategy, plan.chunks) == ("pipeline", 1)
     assert "partition.chunks=2 applies to columns only" in plan.rationale
 

@@ -15,6 +15,9 @@ import torch
 from splitnet.comm.transport import Transport
 
 
-def compute(transport: Transport) -> torch.autocast:
-    """The forward context of this rank: autocast to bf16, or nothing for float32."""
+def compute(transport: Transport | None) -> torch.autocast:
+    """The forward context of this rank: autocast to bf16, or nothing for float32 (and for a
+    one-device pipeline, which runs without a transport)."""
+    if transport is None:
+        return torch.autocast("cpu", enabled=False)
     return torch.autocast(transport.device.type, dtype=transport.dtype, enabled=transport.dtype != torch.float32)
