@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import multiprocessing.process
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,16 @@ def alexnet() -> ModelSpec:
 @pytest.fixture(scope="session")
 def alexnet_small() -> ModelSpec:
     return shipped_spec("alexnet_small")
+
+
+@pytest.fixture
+def no_workers(monkeypatch) -> list[str]:
+    """Any process start (a launcher's worker, a DataLoader worker) is recorded and refused."""
+    started: list[str] = []
+
+    def refuse(process) -> None:
+        started.append(process.name)
+        raise AssertionError(f"a process was started: {process.name}")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    return started

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import multiprocessing
-import multiprocessing.process
 import re
 from typing import Any
 
@@ -194,18 +193,6 @@ def test_every_drawn_configuration_is_refused_in_one_line_or_runnable(cifar, tmp
         print(f"  {message}")
     # the draw reaches far into the space: many kinds of refusal and many runnable jobs
     assert len(refusals) >= 35 and len(accepted) >= 25
-
-
-@pytest.fixture
-def no_workers(monkeypatch) -> list[str]:
-    started: list[str] = []
-
-    def refuse(process) -> None:
-        started.append(process.name)
-        raise AssertionError(f"a process was started: {process.name}")
-
-    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
-    return started
 
 
 @pytest.mark.parametrize(("overrides", "line"), [

@@ -4,7 +4,6 @@ the key, the value and the fix, and no worker process is ever started for it."""
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.process
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +30,6 @@ def sets(tmp_path_factory) -> dict[str, str]:
     return {"full": shard_set(root / "full", 60, 20, 36),  # 2 train shards of 30, 1 val shard
             "train_only": shard_set(root / "train_only", 60, 0, 36),
             "small_images": shard_set(root / "small_images", 30, 10, 8)}
-
-
-@pytest.fixture
-def no_workers(monkeypatch) -> list[str]:
-    """Any process start (a launcher's worker, a DataLoader worker) is recorded and refused."""
-    started: list[str] = []
-
-    def refuse(process) -> None:
-        started.append(process.name)
-        raise AssertionError(f"a process was started: {process.name}")
-
-    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
-    return started
 
 
 def test_too_few_samples_for_a_batch_is_one_line_before_any_worker(sets, tmp_path, capsys, no_workers):
