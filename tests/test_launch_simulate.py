@@ -134,8 +134,11 @@ def _training_job(run_dir) -> tuple[subprocess.Popen, dict[int, int]]:
 
     cmd = [sys.executable, "-m", "splitnet", "train", *FAST, "data.train_batches=100000", "train.epochs=1",
            f"hydra.run.dir={run_dir}"]
-    # a terminal's Ctrl-C signals the whole foreground process group: give the job its own
-    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # a terminal's Ctrl-C signals the whole foreground process group: give the job its own, with
+    # SIGINT's default action as a shell gives it (a child inherits an ignored SIGINT, and Python
+    # then never raises KeyboardInterrupt; an earlier test in this process may have ignored it)
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while "epoch 1" not in seen:  # rank 0's progress bar: the workers are up and training
         char = job.stderr.read(1)
