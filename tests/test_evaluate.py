@@ -82,3 +82,14 @@ def test_pad_rows_appends_zero_rows_to_a_multiple():
     padded = pad_rows(x, 4)
     assert padded.shape == (8, 3) and torch.equal(padded[:5], x) and not padded[5:].any()
     assert pad_rows(x, 5) is x
+
+
+def test_a_multi_crop_scoring_also_scores_its_centre_crop_as_one_crop_does(cfg):
+    spec = load_spec(TINY)
+    model = build_reference(spec, seed=cfg["seed"])
+    one = evaluate_reference(model, spec, cfg)
+    several = evaluate_reference(model, spec, {**cfg, "eval": {"batch_size": 4, "crops": 10}})
+    assert "top1_centre" not in one and several["val_samples"] == one["val_samples"] == N_VAL
+    assert several["val_loss_centre"] == pytest.approx(one["val_loss"], rel=1e-5)
+    assert abs(several["top1_centre"] - one["top1"]) <= 1 / N_VAL  # batched differently: one near-tie at most
+    assert several["val_loss"] != pytest.approx(one["val_loss"], rel=1e-3)  # the average is another scoring

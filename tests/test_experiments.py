@@ -120,8 +120,8 @@ def test_the_test_crops_sweep_scores_five_crops_without_flips_and_the_papers_ten
 
     scored = {}
     for flip in sweep_params("test_crops")["data.flip"]:
-        data = compose_cfg("+experiment=test_crops", f"data.flip={flip}", "eval.crops=10")["data"]
-        scored[flip] = eval_crops(10, data["flip"] and data["augment"])
+        cfg = compose_cfg("+experiment=test_crops", f"data.flip={flip}")
+        scored[flip] = eval_crops(cfg["eval"]["crops"], cfg["data"]["flip"] and cfg["data"]["augment"])
     assert scored == {"false": 5, "true": 10}
 
 

@@ -162,6 +162,10 @@ def test_bad_folders_and_options_are_refused(tmp_path, capsys):
     ([0.5] * 5 + [0.6] * 5, True),              # rising: not falling
     ([3.0] + [1.0] * 5 + [0.985] * 5, True),    # only the last ten epochs count
     ([1.0] * 9, False),                         # fewer than 10 epochs cannot show it
+    # noisy epochs: a fall of 0.02 (0.07 -> 0.05), within two standard errors (0.032) of it
+    ([0.10, 0.04, 0.09, 0.05, 0.07, 0.02, 0.08, 0.03, 0.07, 0.05], True),
+    # the same noise 0.05 higher before: a fall of 0.07, beyond two standard errors
+    ([0.15, 0.09, 0.14, 0.10, 0.12, 0.02, 0.08, 0.03, 0.07, 0.05], False),
 ])
 def test_convergence_compares_the_last_five_epochs_with_the_five_before(losses, expected):
     assert has_converged(losses) is expected

@@ -164,3 +164,22 @@ def test_every_claim_picks_settings_its_sweep_runs():
         for _, picks in claim.terms:
             for key, value in picks:
                 assert value.lower() in params[key], (claim.claim, key, value)
+
+
+def test_a_claim_on_two_scorings_of_one_run_pairs_each_run_with_itself(tmp_path):
+    # eval.crops=10 runs log the crops' average (top1) and the centre crop alone (top1_centre)
+    centre = {0: 0.85, 1: 0.86, 2: 0.80}
+    for seed, value in centre.items():
+        run = write_run(tmp_path, ["data.flip=true", f"seed={seed}"], [None] * 9 + [(0.9, 1.0, 0.5)],
+                        [[1.0]] * 5 + [[0.995]] * 5, planned=10)
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        last = json.loads(lines[-1])
+        lines[-1] = json.dumps({**last, "top1_centre": value})
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    claim = next(c for c in CLAIMS if isinstance(c, Claim) and c.sweep == "test_crops"
+                 and ("data.flip", "true") in c.terms[0][1])
+    result = judge(claim, collect(tmp_path))
+    mean, (low, high) = paired_interval([0.05, 0.04, 0.10])
+    assert result["effect"] == round(100 * mean, 2)
+    assert result["interval"] == [round(100 * low, 2), round(100 * high, 2)]
+    assert result["seeds"] == ["0", "1", "2"] and result["runs"] == 3 and result["converged_runs"] == 3

@@ -18,13 +18,16 @@ from splitnet.model.spec import ModelSpec
 
 def score(forward: Callable[[torch.Tensor], torch.Tensor | None],
           loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Counts (top-1 correct, top-5 correct, samples, summed loss) over the loader.
+    """Counts over the loader: top-1 correct, top-5 correct, samples, summed loss, then the
+    same three scores of the centre crop alone.
 
     With several crops ([B, crops, C, S, S] batches) the softmax outputs of a sample's
-    crops are averaged (paper 4.1). ``forward`` may return None on ranks that do not hold
+    crops are averaged (paper 4.1); the centre crop comes first in every multi-crop view,
+    so one pass also scores it alone: the two scorings of one network, paired exactly.
+    With one crop both are the same. ``forward`` may return None on ranks that do not hold
     the logits.
     """
-    counts = torch.zeros(4, dtype=torch.float64)
+    counts = torch.zeros(7, dtype=torch.float64)
     with torch.no_grad():
         for x, y in loader:
             b = x.shape[0]
@@ -32,12 +35,13 @@ def score(forward: Callable[[torch.Tensor], torch.Tensor | None],
             logits = forward(x.flatten(0, 1) if crops > 1 else x)
             if logits is None:
                 continue
-            probs = F.softmax(logits, dim=1).view(b, crops, -1).mean(1)
-            top = probs.topk(min(5, probs.shape[1]), dim=1).indices
-            counts[0] += float((top[:, 0] == y).sum())
-            counts[1] += float((top == y[:, None]).any(dim=1).sum())
+            per_crop = F.softmax(logits, dim=1).view(b, crops, -1)
             counts[2] += b
-            counts[3] += float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"))
+            for (i1, i5, il), probs in (((0, 1, 3), per_crop.mean(1)), ((4, 5, 6), per_crop[:, 0])):
+                top = probs.topk(min(5, probs.shape[1]), dim=1).indices
+                counts[i1] += float((top[:, 0] == y).sum())
+                counts[i5] += float((top == y[:, None]).any(dim=1).sum())
+                counts[il] += float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"))
     return counts
 
 
@@ -48,12 +52,18 @@ def pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros((missing, *x.shape[1:]))]) if missing else x
 
 
-def summarize(counts: torch.Tensor, num_classes: int) -> dict[str, Any]:
+def summarize(counts: torch.Tensor, num_classes: int, crops: int = 1) -> dict[str, Any]:
     """Accuracies and mean loss; top-5 only where 5 is below the class count (on 5 classes
-    or fewer it is 100% whatever the model does)."""
+    or fewer it is 100% whatever the model does). With several crops, the centre crop's own
+    scores too (``top1_centre``, ``top5_centre``, ``val_loss_centre``)."""
     n = max(float(counts[2]), 1.0)
-    top5 = {"top5": float(counts[1]) / n} if num_classes > 5 else {}
-    return {"top1": float(counts[0]) / n, **top5, "val_loss": float(counts[3]) / n, "val_samples": int(counts[2])}
+    top5 = num_classes > 5
+    out = {"top1": float(counts[0]) / n, **({"top5": float(counts[1]) / n} if top5 else {}),
+           "val_loss": float(counts[3]) / n, "val_samples": int(counts[2])}
+    if crops > 1:
+        out.update(top1_centre=float(counts[4]) / n, **({"top5_centre": float(counts[5]) / n} if top5 else {}),
+                   val_loss_centre=float(counts[6]) / n)
+    return out
 
 
 def scores_text(result: dict[str, Any]) -> str:
@@ -88,4 +98,4 @@ def evaluate_reference(model: torch.nn.Module, spec: ModelSpec, cfg: dict[str, A
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
                           batch_size=cfg["eval"]["batch_size"], replica=0, num_replicas=1, epoch=0,
                           seed=cfg["seed"], crops=crops)
-    return summarize(score(model, loader), spec.num_classes)
+    return summarize(score(model, loader), spec.num_classes, crops)

@@ -143,7 +143,7 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
 
     counts = score(logits, loader)
     shard.train()
-    return summarize(combine_metrics(counts, transport, plan.output_rank), spec.num_classes)
+    return summarize(combine_metrics(counts, transport, plan.output_rank), spec.num_classes, crops)
 
 
 class RankError(SplitnetError):
