@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -20,6 +22,7 @@ from splitnet.launchers.core import free_port
 from splitnet.launchers.ray import RayLaunchError
 from tests.launching import (
     JOB,
+    ROOT,
     assert_bitwise_equal,
     final_params,
     kill_after_first_checkpoint,
@@ -27,6 +30,7 @@ from tests.launching import (
     simulate_params,
     start_torchrun,
 )
+from tests.test_launch_documented import TWO_STEPS
 from tests.test_preflight import shard_set
 from tests.training import train
 
@@ -166,3 +170,44 @@ def test_simulate_torchrun_on_two_nodes_and_ray_end_bitwise_equal(cluster, tmp_p
     assert out["final"]["step"] == 12
     assert_bitwise_equal(final_params(tmp_path / "ray"), want)
     assert_bitwise_equal(final_params(run_dir), want)
+
+
+RAY_STAND_IN = '''#!{python}
+"""`ray job submit --address A -- CMD`: record the arguments, run CMD as the job server would,
+with RAY_ADDRESS pointing at the cluster (here the test's two loopback nodes)."""
+import json, os, sys
+args = sys.argv[1:]
+with open(os.path.join(os.environ["LAUNCH_LOG"], "ray-args.json"), "w") as f:
+    json.dump(args, f)
+cmd = args[args.index("--") + 1:]
+os.execvpe(cmd[0], cmd, {{**os.environ, "RAY_ADDRESS": os.environ["CLUSTER_GCS"]}})
+'''
+
+
+@pytest.mark.timeout(300)
+def test_the_ray_job_script_trains_on_the_cluster_as_written(cluster, tmp_path):
+    import ray
+
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    (stand_ins / "ray").write_text(RAY_STAND_IN.format(python=sys.executable))
+    (stand_ins / "ray").chmod(0o755)
+    path = [str(stand_ins), str(Path(sys.executable).parent), os.environ["PATH"]]  # splitnet beside this python
+    env = {**os.environ, "PATH": os.pathsep.join(path),
+           "LAUNCH_LOG": str(tmp_path), "CLUSTER_GCS": ray.get_runtime_context().gcs_address,
+           "RAY_ADDRESS": "http://127.0.0.1:8265", "RUN_ROOT": str(tmp_path / "shared"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # a CPU cluster says so (launcher.use_gpu=auto refuses to guess on a cluster without GPUs)
+    done = subprocess.run(["bash", str(ROOT / "launch" / "ray-job.sh"), *TWO_STEPS, "launcher.use_gpu=false"],
+                          cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    given = json.loads((tmp_path / "ray-args.json").read_text())
+    assert given[:5] == ["job", "submit", "--address", "http://127.0.0.1:8265", "--"]
+    assert given[5:9] == ["splitnet", "train", "launcher=ray", "launcher.address=auto"]
+    (run_dir,) = (tmp_path / "shared").iterdir()  # the script's own run folder under RUN_ROOT
+    assert run_dir.name.startswith("ray-")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r.get("kind") == "step"] == [1, 2]
+    nodes = {p["node_id"] for p in _placement(run_dir)}
+    assert len(nodes) == 1 and nodes <= set(cluster)  # the replica's two ranks on one of the cluster's nodes
