@@ -110,6 +110,17 @@ def test_every_claim_is_written_and_an_absent_sweep_is_not_measured(tmp_path):
     assert verdicts[0]["verdict"] == "reproduced" and verdicts[0]["effect"] == pytest.approx(11.0)
     assert all(v["verdict"] == "not measured" for v in verdicts[1:])
     assert judge_all(tmp_path)[0] == verdicts[0]
+    assert (tmp_path / "verdicts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the picture beside it
+
+
+def test_the_verdict_picture_marks_the_claims_that_have_an_effect(tmp_path):
+    from splitnet.report.plots import draw_verdicts
+
+    verdicts = [{"claim": "a", "verdict": "reproduced", "effect": 4.7, "interval": [0.4, 9.1], "seeds": ["0", "2"]},
+                {"claim": "b", "verdict": "not measured", "effect": None, "interval": None, "seeds": []},
+                {"claim": "c", "verdict": "reproduced", "effect": 0.0, "interval": None, "seeds": ["0"]}]
+    assert draw_verdicts(verdicts, tmp_path / "v.png") == ["a", "c"]
+    assert (tmp_path / "v.png").stat().st_size > 0
 
 
 def test_the_suite_runs_every_sweep_and_every_claim_names_one():

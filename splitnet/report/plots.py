@@ -3,13 +3,16 @@
 ``curves.png``: held-out top-1 error and the training and validation loss per epoch, one
 colour per setting (the mean over its seeds, a band of +-1 sample std where there are
 several). ``heatmap.png``, when exactly two settings vary besides the seed: the mean
-final top-1 error of every cell, annotated with mean and std.
+final top-1 error of every cell, annotated with mean and std. ``verdicts.png`` (beside the
+verdicts' JSON): each claim's effect and interval against zero.
 """
 
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
+from typing import Any
 
 from splitnet.report.sweep import Setting, Sweep
 
@@ -106,3 +109,46 @@ def draw_heatmap(sweep: Sweep, out: Path) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+_VERDICT_COLOURS = {"reproduced": "C2", "contradicted": "C3", "inconclusive": "C7"}
+
+
+def draw_verdicts(verdicts: list[dict[str, Any]], out: Path) -> list[str]:
+    """``verdicts.png``: one row per claim, its effect (points of held-out top-1, the paper's
+    setting minus the other) and 95% interval against zero, coloured by verdict; a claim
+    without an interval is written out instead. Returns the claims drawn with a marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 0.55 * len(verdicts) + 1.6))
+    drawn = []
+    for row, v in enumerate(verdicts):
+        y = len(verdicts) - 1 - row
+        label = f"{v['verdict']}, {len(v['seeds'])} seed(s)"
+        if v["effect"] is None:
+            ax.text(0.99, y, f"{v['verdict']}, {len(v['seeds'])} seed(s)", ha="right", va="center", fontsize=8,
+                    color="0.4", transform=ax.get_yaxis_transform())  # at the right edge, whatever the scale
+            continue
+        colour = _VERDICT_COLOURS.get(v["verdict"], "C0")
+        if v["interval"] is not None:
+            low, high = v["interval"]
+            ax.plot([low, high], [y, y], "-", color=colour, lw=2)
+        ax.plot([v["effect"]], [y], "o", color=colour)
+        ax.annotate(label, (v["effect"], y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=7,
+                    color=colour)
+        drawn.append(v["claim"])
+    ends = [x for v in verdicts for x in (v["interval"] or [v["effect"]]) if x is not None]
+    ax.set_xlim(min([0.0, *ends]) - 1, max([0.0, *ends]) + 1)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(verdicts)), [textwrap.shorten(v["claim"], 70) for v in reversed(verdicts)], fontsize=8)
+    ax.set_ylim(-0.7, len(verdicts) - 0.3)
+    ax.set_xlabel("effect on held-out top-1 (points; the paper's side is right of 0), 95% t interval")
+    ax.set_title("the paper's claims: verdicts from converged runs, paired by seed")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return drawn

@@ -18,7 +18,8 @@ over those seeds, its ``interval`` null.
 
     python -m splitnet.report.verdict SWEEPS_ROOT [out=FILE]
 
-reads ``SWEEPS_ROOT/<sweep>`` for every claim in ``CLAIMS`` and prints (or writes) the list.
+reads ``SWEEPS_ROOT/<sweep>`` for every claim in ``CLAIMS`` and prints the list, or writes it
+to FILE with its picture beside it (FILE's name, ``.png``).
 """
 
 from __future__ import annotations
@@ -224,8 +225,13 @@ def main(argv: list[str]) -> int:
         return 1
     text = json.dumps(verdicts, indent=1) + "\n"
     if outs:
-        Path(outs[0]).write_text(text)
-        print(f"wrote {outs[0]}")
+        from splitnet.report.plots import draw_verdicts
+
+        out = Path(outs[0])
+        out.write_text(text)
+        picture = out.with_suffix(".png")
+        draw_verdicts(verdicts, picture)
+        print(f"wrote {out} and {picture}")
     else:
         print(text, end="")
     return 0
