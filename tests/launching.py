@@ -93,6 +93,17 @@ def signal_after_first_checkpoint(run_dir: Path, pid_of: Callable[[], int | None
     raise AssertionError(f"no checkpoint and rank process to kill in {run_dir} within {timeout_s}s")
 
 
+def first_checkpoint(run_dir: Path, alive: Callable[[], bool], timeout_s: float = 400.0) -> int:
+    """The step of the run's first complete checkpoint, returned as soon as one exists."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        done = complete_checkpoints(run_dir / "checkpoints")
+        if done:
+            return int(done[0].name.removeprefix("step_"))
+        time.sleep(0.01)  # polling the file system, not standing in for synchronisation
+    raise AssertionError(f"no checkpoint in {run_dir} within {timeout_s}s")
+
+
 @contextlib.contextmanager
 def loopback_rendezvous(run_id: str) -> Iterator[list[str]]:
     """torchrun arguments for a c10d rendezvous on a store this test process serves on 127.0.0.1.

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from splitnet.launchers.placement import describe_resources, fits, replica_strategy, resolve_use_gpu, spanning_replicas
+from splitnet.launchers.placement import (
+    describe_resources,
+    fits,
+    min_replicas,
+    replica_strategy,
+    resolve_use_gpu,
+    spanning_replicas,
+)
 
 
 def test_a_replica_spans_nodes_only_when_a_node_boundary_falls_inside_it():
@@ -43,3 +50,12 @@ def test_auto_on_a_joined_cluster_without_gpus_is_an_error_not_a_silent_cpu_run(
 def test_resources_are_described_without_ray_bookkeeping_keys():
     have = {"CPU": 3.0, "memory": 1e9, "object_store_memory": 1e8, "node:127.0.0.1": 1.0, "GPU": 1.0}
     assert describe_resources(have) == "CPU=3, GPU=1"
+
+
+def test_min_replicas_is_all_replicas_unless_asked_and_a_bad_value_is_one_line():
+    assert min_replicas(None, 4) == 4  # not elastic unless asked
+    assert [min_replicas(n, 4) for n in (1, 4)] == [1, 4]
+    for bad in (0, 5, True, "2", 1.0):
+        with pytest.raises(ValueError, match=rf"^launcher.min_replicas={bad!r} must be an integer from 1 to "
+                                             r"mesh.replicas=4, or null \(restart on every replica or not at all\)$"):
+            min_replicas(bad, 4)

@@ -13,11 +13,14 @@ import pytest
 import torch
 
 from splitnet.comm import Transport
-from splitnet.model.spec import load_spec
+from splitnet.model.spec import load_spec, with_classes
 from splitnet.partition import Mesh, make_plan
 from splitnet.runtime import accumulated_step, build_shard
 from splitnet.train.checkpoint import complete_checkpoints, read_meta
+from splitnet.train.global_batch import GlobalBatchError, global_batch
 from splitnet.train.loop import PREEMPTED_EXIT
+from splitnet.train.preflight import preflight
+from splitnet.train.restart import resumed
 from tests.launching import JOB, ROOT, assert_bitwise_equal, final_params, simulate_params
 from tests.training import FAST, config, train
 
@@ -47,6 +50,25 @@ def test_a_run_that_loses_a_replica_keeps_its_global_batch_and_ends_bitwise_equa
     meta = read_meta(complete_checkpoints(tmp_path / "checkpoints")[-1])
     assert (meta["global_batch"], meta["replicas"], meta["accumulate"]) == (16, 1, 2)
     assert resumed["final"]["step"] == 6
+
+
+def test_a_restart_on_other_replicas_plans_again_and_keeps_the_global_batch(tmp_path):
+    """What Ray's launcher.min_replicas hands train: the replicas it placed, before any checkpoint."""
+    cfg = config(*FAST, "mesh.replicas=2")
+    cfg = {**cfg, "model": with_classes(cfg["model"], cfg["data"]["num_classes"])}
+    job = {**cfg, "plan": preflight(cfg, tmp_path).plan.to_dict(), "run_dir": str(tmp_path)}
+    assert resumed(job) == job  # the same size and no checkpoint: the job starts again as it first did
+
+    def on(replicas: int) -> dict:
+        return resumed({**job, "mesh": {**job["mesh"], "replicas": replicas}})
+
+    one = on(1)
+    assert one["plan"]["mesh"]["replicas"] == 1 and one["train"]["global_batch"] == 32
+    assert global_batch(one["train"], 16, 1) == (32, 2)
+    assert on(2)["plan"] == job["plan"] and on(2)["train"]["global_batch"] is None
+    with pytest.raises(GlobalBatchError, match=r"^train.global_batch=32 is not a multiple of mesh.replicas x "
+                                               r"batch_size = 3 x 16 = 48; "):
+        on(3)
 
 
 def test_micro_steps_of_b_equal_one_batch_of_k_b_to_round_off():

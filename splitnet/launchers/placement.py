@@ -3,7 +3,8 @@
 Global ranks are replica-major (``rank = replica * D + device``), so the D ranks of one
 replica are consecutive. The ranks of a replica exchange activations every step; replicas
 only average gradients once per step. These functions say whether a layout keeps every
-replica on one node, and whether a cluster can hold a replica on one node at all.
+replica on one node, whether a cluster can hold a replica on one node at all, and how few
+replicas an elastic restart may keep.
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ def replica_strategy(bundle: Mapping[str, float], devices: int, nodes: Sequence[
     if split_replicas and not any(fits(bundle, devices, node) for node in nodes):
         return "PACK"
     return "STRICT_PACK"
+
+
+def min_replicas(value: object, replicas: int) -> int:
+    """``launcher.min_replicas``: the fewest replicas a restart may go on with (null: all
+    ``mesh.replicas``, so a job is elastic only when asked)."""
+    if value is None:
+        return replicas
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= replicas:
+        raise ValueError(f"launcher.min_replicas={value!r} must be an integer from 1 to mesh.replicas={replicas}, "
+                         "or null (restart on every replica or not at all)")
+    return value
 
 
 def resolve_use_gpu(wanted: object, backend: str, joins_cluster: bool, cluster_gpus: float) -> bool:

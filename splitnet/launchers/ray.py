@@ -27,6 +27,14 @@ What it promises:
   ``launcher.max_failures`` times the job then starts all ranks again, with the config its
   caller's ``restart`` gives (train's resumes from the run folder's latest complete
   checkpoint); after that the rank's error is raised.
+- Elastic restarts: every start asks for ``mesh.replicas`` replicas. When a restart cannot
+  place them all within ``launcher.placement_timeout_s`` (a node lost for good), it goes on
+  with the replicas that were placed if they are at least ``launcher.min_replicas`` (null:
+  all of them, so not elastic unless asked); ``restart`` then gets that number in
+  ``mesh.replicas`` (train's plans again and keeps the global batch). A later restart that
+  places more grows back, up to ``mesh.replicas``. The first start, and a caller without
+  ``restart``, place all replicas or fail. Each size is a line on the console and in
+  ``placement.json``; the ranks' step records carry it (``splitnet report``).
 - ``placement.json`` in the run folder says where every rank ran (node, IP, process).
 """
 
@@ -44,7 +52,7 @@ from typing import Any
 from splitnet.errors import SplitnetError
 from splitnet.launchers.backend import choose_backend
 from splitnet.launchers.core import Job, WorkerFailed, cause_of, free_port, open_store, rank_environment, run_in_group
-from splitnet.launchers.placement import describe_resources, replica_strategy, resolve_use_gpu
+from splitnet.launchers.placement import describe_resources, min_replicas, replica_strategy, resolve_use_gpu
 
 
 class RayLaunchError(SplitnetError, RuntimeError):
@@ -52,11 +60,12 @@ class RayLaunchError(SplitnetError, RuntimeError):
 
 
 class _RankLost(Exception):
-    def __init__(self, rank: int, detail: str, cause: str | None = None) -> None:
+    def __init__(self, rank: int, detail: str, cause: str | None, cfg: dict[str, Any]) -> None:
         super().__init__(detail)
         self.rank = rank
         self.detail = detail
         self.cause = cause  # the one line of a SplitnetError the rank raised
+        self.cfg = cfg  # the attempt's config, the one to restart from
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:
@@ -135,28 +144,52 @@ class RankActor:
 
 
 def _placement_error(launcher: dict[str, Any], bundle: dict[str, float], replicas: int, devices: int,
-                     strategy: str, placed: int) -> RayLaunchError:
+                     strategy: str, placed: int, minimum: int) -> RayLaunchError:
     import ray
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     have = "; ".join(f"node {i}: {describe_resources(r)}" for i, r in enumerate(nodes))
+    least = f" (launcher.min_replicas={minimum} needed)" if minimum < replicas else ""
     return RayLaunchError(
         f"placement: asked for {replicas} replica(s) x {devices} rank(s) of {describe_resources(bundle)} each "
         f"({strategy}: {'a replica on one node' if strategy == 'STRICT_PACK' else 'packed'}), "
-        f"{placed} of {replicas} placed within launcher.placement_timeout_s={launcher['placement_timeout_s']:g}s; "
-        f"the cluster has {len(nodes)} node(s): {have}; lower launcher.cpus_per_worker, add nodes (an autoscaling "
-        "cluster may need a longer launcher.placement_timeout_s to boot one), or let replicas span nodes "
-        "(launcher.split_replicas=true)")
+        f"{placed} of {replicas} placed{least} within launcher.placement_timeout_s="
+        f"{launcher['placement_timeout_s']:g}s; the cluster has {len(nodes)} node(s): {have}; lower "
+        "launcher.cpus_per_worker, add nodes (an autoscaling cluster may need a longer "
+        "launcher.placement_timeout_s to boot one), or let replicas span nodes (launcher.split_replicas=true)")
 
 
-def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[Any]:
+def _place(launcher: dict[str, Any], bundle: dict[str, float], devices: int, strategy: str, replicas: int,
+           minimum: int) -> list[Any]:
+    """Placement groups for ``replicas`` replicas, one each; after ``launcher.placement_timeout_s``
+    the ones placed by then, if they are at least ``minimum`` (the others are removed)."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
+
+    groups = [placement_group([bundle] * devices, strategy=strategy) for _ in range(replicas)]
+    refs = [g.ready() for g in groups]
+    ready, _ = ray.wait(refs, num_returns=replicas, timeout=float(launcher["placement_timeout_s"]))
+    placed = {i for i, ref in enumerate(refs) if ref in set(ready)}
+    if len(placed) < minimum:
+        placed = set()
+    for i, group in enumerate(groups):
+        if i not in placed:
+            remove_placement_group(group)
+    if not placed:
+        raise _placement_error(launcher, bundle, replicas, devices, strategy, len(ready), minimum)
+    return [groups[i] for i in sorted(placed)]
+
+
+def _run_once(job: Job, cfg: dict[str, Any], attempt: int, minimum: int,
+              restart: Callable[[dict[str, Any]], dict[str, Any]] | None) -> list[Any]:
+    """One attempt: place the replicas, start a rank actor per bundle, wait for every rank.
+    A restart (``attempt`` > 0) runs the config ``restart`` gives for the replicas placed."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     launcher = cfg["launcher"]
-    devices = cfg["mesh"]["devices"]
-    replicas = world // devices
+    devices, wanted = cfg["mesh"]["devices"], cfg["mesh"]["replicas"]
     gpu = _use_gpu(launcher, cfg["comm"].get("backend", "auto"))
     backend = choose_backend(cfg["comm"].get("backend", "auto"), gpu, "needs GPU ranks; set launcher.use_gpu=true "
                              "on a cluster with GPUs, or comm.backend=gloo", RayLaunchError)
@@ -167,13 +200,20 @@ def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[A
         print(f"splitnet train: warning: no node can hold the {devices} ranks of a replica "
               f"({describe_resources(bundle)} each); launcher.split_replicas=true: replicas will span nodes",
               file=sys.stderr)
-    groups = [placement_group([bundle] * devices, strategy=strategy) for _ in range(replicas)]
+    groups = _place(launcher, bundle, devices, strategy, wanted, minimum if attempt and restart else wanted)
     actors: list[Any] = []
     try:
-        ready, _ = ray.wait([g.ready() for g in groups], num_returns=replicas,
-                            timeout=float(launcher["placement_timeout_s"]))
-        if len(ready) < replicas:
-            raise _placement_error(launcher, bundle, replicas, devices, strategy, len(ready))
+        replicas = len(groups)
+        if attempt and restart is not None:
+            try:
+                cfg = restart({**cfg, "mesh": {**cfg["mesh"], "replicas": replicas}})
+            except SplitnetError as exc:
+                raise RayLaunchError(f"placement: {replicas} of {wanted} replica(s) placed on restart: {exc}") from None
+        if replicas < wanted:
+            print(f"splitnet train: placement: {replicas} of {wanted} replica(s) placed within "
+                  f"launcher.placement_timeout_s={launcher['placement_timeout_s']:g}s; attempt {attempt} runs "
+                  f"on {replicas} (launcher.min_replicas={minimum}), keeping the global batch", file=sys.stderr)
+        world = replicas * devices
         for rank in range(world):
             where = PlacementGroupSchedulingStrategy(groups[rank // devices],
                                                      placement_group_bundle_index=rank % devices)
@@ -183,10 +223,11 @@ def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[A
         run_dir = Path(cfg["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "placement.json").write_text(json.dumps(
-            [{"rank": r, "replica": r // devices, "device": r % devices, "attempt": attempt, **p}
-             for r, p in enumerate(places)], indent=1))
+            [{"rank": r, "replica": r // devices, "device": r % devices, "attempt": attempt, "replicas": replicas,
+              **p} for r, p in enumerate(places)], indent=1))
         host = places[0]["node_ip"]
         port = ray.get(actors[0].free_port.remote(host))
+        run_cfg = {**cfg, "mesh": {**cfg["mesh"], "replicas": wanted}}  # what the next attempt asks for again
         refs = {a.run.remote(job, r, world, cfg, host, port, backend): r for r, a in enumerate(actors)}
         results: list[Any] = [None] * world
         pending = list(refs)
@@ -196,7 +237,8 @@ def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[A
                 results[refs[done[0]]] = ray.get(done[0])
             except ray.exceptions.RayError as exc:
                 # a task's error carries the rank's own exception as its cause, when it unpickles
-                raise _RankLost(refs[done[0]], str(exc), cause_of(getattr(exc, "cause", None) or exc)) from None
+                raise _RankLost(refs[done[0]], str(exc), cause_of(getattr(exc, "cause", None) or exc),
+                                run_cfg) from None
         return results
     finally:
         for actor in actors:
@@ -208,8 +250,17 @@ def _run_once(job: Job, world: int, cfg: dict[str, Any], attempt: int) -> list[A
 def launch(job: Job, world_size: int, cfg: dict[str, Any], *,
            restart: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[Any]:
     """Run ``job(rank, world_size, cfg)`` on Ray actors; return their results by rank.
-    ``restart``: the config all ranks start again with after one failed."""
+    ``restart``: the config all ranks start again with after one failed, given the replicas
+    placed for them in ``mesh.replicas`` (``launcher.min_replicas``)."""
     launcher = cfg["launcher"]
+    devices = cfg["mesh"]["devices"]
+    if world_size != devices * cfg["mesh"]["replicas"]:
+        raise RayLaunchError(f"launcher=ray: asked for {world_size} ranks but mesh.replicas x mesh.devices = "
+                             f"{cfg['mesh']['replicas']} x {devices}")
+    try:
+        minimum = min_replicas(launcher.get("min_replicas"), cfg["mesh"]["replicas"])
+    except ValueError as exc:
+        raise RayLaunchError(str(exc)) from None
     started = connect(launcher)  # first: it must set Ray's environment before anything imports ray
     import ray
 
@@ -217,17 +268,15 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any], *,
         failures = 0
         while True:
             try:
-                return _run_once(job, world_size, cfg, failures)
+                return _run_once(job, cfg, failures, minimum, restart)
             except _RankLost as lost:
                 if failures >= int(launcher["max_failures"]):
                     raise WorkerFailed(lost.rank, lost.detail, cause=lost.cause) from None
                 failures += 1
-                if restart is not None:
-                    cfg = restart(cfg)
-                resume = cfg.get("train", {}).get("resume")
+                cfg = lost.cfg
                 print(f"splitnet train: rank {lost.rank} failed ({lost.cause or lost.detail.strip().splitlines()[0]}); "
-                      f"restarting every rank, resume={resume!r} (failure {failures} of "
-                      f"launcher.max_failures={launcher['max_failures']})", file=sys.stderr)
+                      f"restarting every rank (failure {failures} of launcher.max_failures="
+                      f"{launcher['max_failures']})", file=sys.stderr)
     finally:
         if started:
             ray.shutdown()
