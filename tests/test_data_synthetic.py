@@ -25,7 +25,7 @@ def test_shapes_labels_and_length() -> None:
     assert images.shape == (4, 3, 9, 9) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and 0 <= labels.min() and labels.max() < 7
     ten, _ = next(iter(loader(split="val", crops=10)))
-    assert ten.shape == (4, 10, 3, 9, 9) and len(loader(split="val")) == 2
+    assert ten.shape == (4, 10, 3, 9, 9) and len(loader(split="val", num_replicas=1)) == 2
 
 
 def test_batches_depend_on_seed_epoch_replica_and_index_only() -> None:
@@ -49,3 +49,12 @@ def test_a_step_holds_the_same_samples_on_any_number_of_replicas() -> None:
     for k, (x, y) in enumerate(one):
         assert torch.equal(torch.cat([halves[0][k][0], halves[1][k][0]]), x)
         assert torch.equal(torch.cat([halves[0][k][1], halves[1][k][1]]), y)
+
+
+def test_the_validation_split_is_the_same_images_on_any_number_of_replicas() -> None:
+    one = list(loader(split="val", num_replicas=1, batch_size=3))
+    dealt = [list(loader(split="val", replica=r, num_replicas=3, batch_size=3)) for r in range(3)]
+    assert [len(d) for d in dealt] == [1, 1, 0]  # 2 batches among 3 replicas: the third scores none
+    assert torch.equal(dealt[0][0][0], one[0][0]) and torch.equal(dealt[1][0][0], one[1][0])
+    assert torch.equal(dealt[1][0][1], one[1][1])
+    assert not torch.equal(one[0][0], one[1][0])

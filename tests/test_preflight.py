@@ -38,7 +38,8 @@ def test_too_few_samples_for_a_batch_is_one_line_before_any_worker(sets, tmp_pat
     assert rc == 2
     errors = [line for line in err.splitlines() if "error" in line]
     assert errors == ["splitnet train: error: batch_size=128: data 'cifar10' has 60 training samples, fewer "
-                      "than one batch on each of mesh.replicas=1 (128); set batch_size <= 60 or use more data"]
+                      "than one global batch of mesh.replicas x micro-steps x batch_size = 1 x 1 x 128 = 128; "
+                      "set batch_size <= 60 or use more data"]
     assert "Traceback" not in err
     assert no_workers == [] and multiprocessing.active_children() == []
 
@@ -50,10 +51,12 @@ def test_too_few_samples_for_a_batch_is_one_line_before_any_worker(sets, tmp_pat
     ("full", ["data.side=20"], r"data\.side=20 is smaller than the 32x32 input of model 'alexnet_small'"),
     ("full", ["model.input.channels=1"], r"model\.input\.channels=1 but data 'cifar10' holds RGB images"),
     ("full", ["mesh.devices=11"], r"layer 'fc8' has out=10 channels, fewer than mesh\.devices=11.*mesh\.devices <= 10"),
-    ("full", ["mesh.replicas=2", "batch_size=32"], r"batch_size=32: .* 60 training samples, fewer than one batch on "
-                                                   r"each of mesh\.replicas=2 \(64\); set batch_size <= 30"),
-    ("full", ["data.fraction=0.5", "batch_size=32"], r"has 30 training samples \(data\.fraction=0\.5 of 60\), "
-                                                     r"fewer than one batch .*set batch_size <= 30"),
+    ("full", ["mesh.replicas=2", "batch_size=32"], r"batch_size=32: .* 60 training samples, fewer than one global "
+                                                   r"batch .* = 2 x 1 x 32 = 64; set batch_size <= 30"),
+    # the global batch must fit, not one micro-step's: 2 micro-steps of 20 take 40 of 30 samples
+    ("full", ["data.fraction=0.5", "batch_size=20", "train.accumulate=2"],
+     r"has 30 training samples \(data\.fraction=0\.5 of 60\), fewer than one global batch of mesh\.replicas x "
+     r"micro-steps x batch_size = 1 x 2 x 20 = 40; set batch_size <= 15"),
     ("full", ["eval.enabled=false"], r"optim\.schedule=plateau .* eval\.enabled=false .* optim\.schedule=step"),
     ("full", ["eval.batch_size=0"], r"eval\.batch_size=0 must be an integer >= 1"),
     ("full", ["eval.crops=3"], r"eval\.crops=3; valid: 1 \(centre\), 5 \(corners and centre\) or 10"),

@@ -24,29 +24,36 @@ from splitnet.train.restart import resumed
 from tests.launching import JOB, ROOT, assert_bitwise_equal, final_params, simulate_params
 from tests.training import FAST, config, train
 
-# 3 steps an epoch of a global batch of 16: 2 replicas x 8, or 1 replica x 2 micro-steps x 8
-SMALL = [*FAST, "batch_size=8", "eval.batch_size=8", "launcher.threads=1"]
+# 3 steps an epoch of a global batch of 16: 2 replicas x 8, or 1 replica x 2 micro-steps x 8;
+# 3 validation batches of 8: replica 0 scores two, replica 1 one
+SMALL = [*FAST, "batch_size=8", "eval.batch_size=8", "data.val_batches=3", "launcher.threads=1"]
 
 
 @pytest.fixture(scope="module")
 def two_replicas(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("r2")
-    train(run_dir, *SMALL, "mesh.replicas=2", "train.epochs=2")
-    return final_params(run_dir)
+    out = train(run_dir, *SMALL, "mesh.replicas=2", "train.epochs=2")
+    return final_params(run_dir), out["final"]
 
 
 @pytest.mark.timeout(180)
 def test_one_replica_accumulating_two_micro_steps_equals_two_replicas_bitwise(two_replicas, tmp_path):
     # the replicas' all-reduce and the accumulation add the same two numbers, then halve them
-    train(tmp_path, *SMALL, "train.accumulate=2", "train.epochs=2")
-    assert_bitwise_equal(final_params(tmp_path), two_replicas)
+    out = train(tmp_path, *SMALL, "train.accumulate=2", "train.epochs=2")
+    params, final = two_replicas
+    assert_bitwise_equal(final_params(tmp_path), params)
+    # the same network scores the same held-out images whatever the number of replicas
+    one = out["final"]
+    assert one["val_samples"] == final["val_samples"] == 24
+    assert (one["top1"], one["top5"]) == (final["top1"], final["top5"])
+    assert one["val_loss"] == pytest.approx(final["val_loss"], rel=1e-12)  # the replicas' sums meet in another order
 
 
 @pytest.mark.timeout(180)
 def test_a_run_that_loses_a_replica_keeps_its_global_batch_and_ends_bitwise_equal(two_replicas, tmp_path):
     train(tmp_path, *SMALL, "mesh.replicas=2", "train.epochs=2", "train.max_steps=2")  # stops mid-epoch
     resumed = train(tmp_path, *SMALL, "mesh.replicas=1", "train.epochs=2", "train.resume=auto")
-    assert_bitwise_equal(final_params(tmp_path), two_replicas)
+    assert_bitwise_equal(final_params(tmp_path), two_replicas[0])
     meta = read_meta(complete_checkpoints(tmp_path / "checkpoints")[-1])
     assert (meta["global_batch"], meta["replicas"], meta["accumulate"]) == (16, 1, 2)
     assert resumed["final"]["step"] == 6

@@ -1,11 +1,15 @@
 """``data=synthetic``: random tensors of the model's input shape. Not a dataset.
 
 For benchmarks and for the 224x224 network on machines without ImageNet: accuracy on
-it means nothing. Batch k of (seed, epoch, replica, split) is a pure function of those
-numbers, so every rank of a model-parallel group draws the same batch without talking.
-Train: replica r's batch k is the r-th part of global batch k (``num_replicas`` x
-``batch_size`` rows drawn at once), a function of (seed, epoch, k) whatever the number of
-replicas; with one replica it is the batch it always was.
+it means nothing. Every batch is a pure function of (seed, epoch, split, its index), so
+every rank of a model-parallel group draws the same batch without talking, and no split
+depends on the number of replicas:
+
+- Train: replica r's batch k is the r-th part of global batch k (``num_replicas`` x
+  ``batch_size`` rows drawn at once); with one replica it is the batch it always was.
+- Val: the split is ``n_batches`` batches of ``batch_size``; replica r scores batches
+  r, r + R, r + 2R, ... (a replica beyond the batch count gets none), so the replicas
+  together score the same images, once each, on any number of replicas.
 """
 
 from __future__ import annotations
@@ -33,32 +37,34 @@ def random_batch(rows: int, image_shape: Sequence[int], num_classes: int,
 
 
 class SyntheticLoader:
-    """Yields ``n_batches - start`` batches of N(0, 1) images and uniform labels."""
+    """Yields this replica's batches from ``start`` of ``n_batches``: N(0, 1) images and uniform labels."""
 
     synthetic = True
 
     def __init__(self, *, n_batches: int, start: int, batch_size: int, channels: int,
                  image_size: int, num_classes: int, crops: int, seed: int, epoch: int,
                  replica: int, num_replicas: int, split: str) -> None:
-        self.n_batches = n_batches
-        self.start = start
         train = split == "train"
         parts = num_replicas if train else 1
+        # train: every replica takes its rows of each batch; val: its own batches, whole
+        self.indices = range(start, n_batches) if train else range(start + replica, n_batches, num_replicas)
         self.rows = slice(replica * batch_size, (replica + 1) * batch_size) if train else slice(None)
         self.shape = (batch_size * parts, *([crops] if crops > 1 else []), channels, image_size, image_size)
         self.num_classes = num_classes
-        self.key = (seed, epoch, 0 if train else replica, split)
+        # no replica in the key (the 0 keeps the numbers one replica always drew): train batches are
+        # split among the replicas, val batches dealt out whole
+        self.key = (seed, epoch, 0, split)
         self.stats: dict[str, int] = {"skipped": 0, "batches": 0}
         log.info("data=synthetic: random tensors %s, not real images", self.shape)
 
     def __len__(self) -> int:
-        return self.n_batches - self.start
+        return len(self.indices)
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = random_batch(self.shape[0], self.shape[1:], self.num_classes, *self.key, "synthetic", k)
         return images[self.rows].contiguous(), labels[self.rows].contiguous()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for k in range(self.start, self.n_batches):
+        for k in self.indices:
             self.stats["batches"] += 1
             yield self.batch(k)

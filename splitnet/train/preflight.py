@@ -12,9 +12,9 @@ or raises a ``SplitnetError`` whose one line names the key, its value and the fi
   split, a batch hybrid devices cannot share, more stages than layers);
 - the data against the model: class count, image channels, stored image size and
   ``data.side`` against the model's input;
-- the data against the job: enough training samples for one batch on every replica,
-  and a validation split unless ``eval.enabled=false``
-  (then the lr schedule must not need one);
+- the data against the job: enough training samples for one global batch (replicas x
+  micro-steps x batch size), and a validation split unless ``eval.enabled=false`` (then
+  the lr schedule must not need one);
 - a checkpoint to resume from: the same model, a global batch this mesh can hold
   (``train.global_batch``: the replicas may change, the global batch stays), and the same
   data position mid-epoch.
@@ -59,11 +59,11 @@ def preflight(cfg: dict[str, Any], run_dir: Path) -> Checked:
     plan = make_plan(spec, cfg["partition"], Mesh.from_dict(cfg["mesh"]), cfg["batch_size"], compute_bytes(cfg))
     check_scale(cfg, spec, plan)
     info = data_info(cfg["data"])
-    check_data(cfg, spec, plan, info)
     if cfg["train"].get("resume"):
-        check_checkpoint(cfg, plan, run_dir)
+        total = check_checkpoint(cfg, plan, run_dir)
     else:
-        global_batch(cfg["train"], cfg["batch_size"], plan.replicas)
+        total, _ = global_batch(cfg["train"], cfg["batch_size"], plan.replicas)
+    check_data(cfg, spec, plan, info, total)
     return Checked(spec, plan, info)
 
 
@@ -105,7 +105,8 @@ def check_runtime(cfg: dict[str, Any]) -> None:
                             "validation error of every epoch; use eval.every=1 or optim.schedule=step/constant")
 
 
-def check_data(cfg: dict[str, Any], spec: ModelSpec, plan: Plan, info: DataInfo) -> None:
+def check_data(cfg: dict[str, Any], spec: ModelSpec, plan: Plan, info: DataInfo, total_batch: int) -> None:
+    """``total_batch``: the global batch a step trains on (``splitnet.train.global_batch``)."""
     if info.num_classes != spec.num_classes:
         raise SplitnetError(f"data.num_classes={info.num_classes} (data {info.name!r}) but model {spec.name!r} "
                             f"ends in {spec.num_classes} outputs (layer {spec.layers[-1].name!r}, without weights); "
@@ -125,14 +126,16 @@ def check_data(cfg: dict[str, Any], spec: ModelSpec, plan: Plan, info: DataInfo)
                             f"them up on purpose set data.side={size * 256 // 224}, or pick a model for "
                             f"{info.image_size}x{info.image_size} input")
     train = resolve(info.patterns["train"], "train")
-    need = cfg["batch_size"] * plan.replicas
     fraction = cfg["data"].get("fraction", 1.0)
     total = subset_size(train.total, fraction)
-    if total < need:
+    if total < total_batch:
         used = f" (data.fraction={fraction} of {train.total})" if fraction < 1 else ""
+        parts = total_batch // cfg["batch_size"]  # replicas x micro-steps, each taking batch_size samples
+        fix = f"set batch_size <= {total // parts}" if total >= parts else "lower train.global_batch"
         raise SplitnetError(f"batch_size={cfg['batch_size']}: data {info.name!r} has {total} training "
-                            f"samples{used}, fewer than one batch on each of mesh.replicas={plan.replicas} "
-                            f"({need}); set batch_size <= {total // plan.replicas} or use more data")
+                            f"samples{used}, fewer than one global batch of mesh.replicas x micro-steps x "
+                            f"batch_size = {plan.replicas} x {parts // plan.replicas} x {cfg['batch_size']} = "
+                            f"{total_batch}; {fix} or use more data")
     if cfg["eval"].get("enabled", True) and "val" not in info.counts:
         raise SplitnetError(f"data.val={info.patterns['val']!r} matches no shards: data {info.name!r} has no "
                             "validation split; write the set with one (`splitnet shards ... --val-fraction "
@@ -140,8 +143,9 @@ def check_data(cfg: dict[str, Any], spec: ModelSpec, plan: Plan, info: DataInfo)
                             "optim.schedule=constant")
 
 
-def check_checkpoint(cfg: dict[str, Any], plan: Plan, run_dir: Path) -> None:
-    """An unusable checkpoint is refused here, not in every worker."""
+def check_checkpoint(cfg: dict[str, Any], plan: Plan, run_dir: Path) -> int:
+    """An unusable checkpoint is refused here, not in every worker; the global batch the
+    resumed job trains on."""
     from splitnet.train.checkpoint import (
         CheckpointError,
         complete_checkpoints,
@@ -153,7 +157,7 @@ def check_checkpoint(cfg: dict[str, Any], plan: Plan, run_dir: Path) -> None:
     resume = cfg["train"]["resume"]
     done = complete_checkpoints(run_dir / "checkpoints") if resume == "auto" else [find_checkpoint(resume)]
     if not done:
-        return
+        return global_batch(cfg["train"], cfg["batch_size"], plan.replicas)[0]
     meta = read_meta(done[-1])
     diff = model_difference(meta["config"]["model"], cfg["model"])
     if diff is not None:
@@ -170,6 +174,7 @@ def check_checkpoint(cfg: dict[str, Any], plan: Plan, run_dir: Path) -> None:
                 f"checkpoint {done[-1]} stopped inside an epoch (after batch {meta['batch_in_epoch']}); "
                 f"resuming there needs the same {', '.join(changed)} as before ({then}); resume from "
                 "an epoch-end checkpoint to change them")
+    return total
 
 
 def _position_keys(data: dict[str, Any]) -> dict[str, Any]:
