@@ -93,15 +93,21 @@ def signal_after_first_checkpoint(run_dir: Path, pid_of: Callable[[], int | None
     raise AssertionError(f"no checkpoint and rank process to kill in {run_dir} within {timeout_s}s")
 
 
-def first_checkpoint(run_dir: Path, alive: Callable[[], bool], timeout_s: float = 400.0) -> int:
-    """The step of the run's first complete checkpoint, returned as soon as one exists."""
+def until(condition: Callable[[], object], alive: Callable[[], bool], timeout_s: float = 400.0) -> object:
+    """``condition()``'s first true value, polled while ``alive()``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and alive():
-        done = complete_checkpoints(run_dir / "checkpoints")
-        if done:
-            return int(done[0].name.removeprefix("step_"))
+        value = condition()
+        if value:
+            return value
         time.sleep(0.01)  # polling the file system, not standing in for synchronisation
-    raise AssertionError(f"no checkpoint in {run_dir} within {timeout_s}s")
+    raise AssertionError(f"{getattr(condition, '__name__', 'a condition')} did not come true within {timeout_s}s")
+
+
+def first_checkpoint(run_dir: Path, alive: Callable[[], bool], timeout_s: float = 400.0) -> int:
+    """The step of the run's first complete checkpoint, returned as soon as one exists."""
+    done = until(lambda: complete_checkpoints(run_dir / "checkpoints"), alive, timeout_s)
+    return int(done[0].name.removeprefix("step_"))
 
 
 @contextlib.contextmanager

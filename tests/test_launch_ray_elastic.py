@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
 from splitnet.report.sweep import size_changes
 from splitnet.train.checkpoint import complete_checkpoints, read_meta
-from tests.launching import JOB, assert_bitwise_equal, final_params, first_checkpoint
+from tests.launching import JOB, assert_bitwise_equal, final_params, first_checkpoint, until
 from tests.training import train
 
 # Read by Ray when it is imported: node addresses are 127.0.0.1 and Ray listens on loopback only.
@@ -24,8 +26,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 pytestmark = pytest.mark.cluster
 
-# 6 steps of a global batch of 32 (2 replicas x 16), a checkpoint every 2
-ELASTIC = [*JOB, "data.train_batches=6", "mesh.replicas=2"]
+# 8 steps of a global batch of 32 (2 replicas x 16), a checkpoint every 2
+ELASTIC = [*JOB, "data.train_batches=8", "mesh.replicas=2", "train.keep=10"]
 
 
 @pytest.fixture
@@ -44,43 +46,66 @@ def two_nodes(tmp_path):
             nodes.add_node(**common, include_dashboard=False)
             other = nodes.add_node(**common)
             ray.init(address=nodes.address, log_to_driver=True)
-            yield nodes, other
+            yield nodes, other, common
         finally:
             ray.shutdown()
             nodes.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
 
 
+def _placement(run_dir: Path) -> list[dict]:
+    path = run_dir / "placement.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _one_replica_checkpoint(run_dir: Path) -> bool:
+    return any(read_meta(c)["replicas"] == 1 for c in complete_checkpoints(run_dir / "checkpoints"))
+
+
 @pytest.mark.timeout(300)
-def test_a_ray_job_that_loses_a_node_goes_on_with_one_replica_and_ends_bitwise_equal(two_nodes, tmp_path):
+def test_a_ray_job_that_loses_a_node_goes_on_with_one_replica_grows_back_and_ends_bitwise_equal(two_nodes, tmp_path):
+    """R=2 x D=2, one replica per node. The second node is removed after the first checkpoint: the
+    restart places one replica (launcher.min_replicas=1) and takes 2 micro-steps. After its first
+    checkpoint a node joins again and a rank is killed: the next restart places two again."""
     want = tmp_path / "want"
     train(want, *ELASTIC)  # simulate, uninterrupted; Ray equals simulate bitwise (test_launch_ray.py)
-    cluster, other = two_nodes
+    cluster, other, node_args = two_nodes
     run_dir = tmp_path / "run"
-    finished = threading.Event()
-    lost: list[int] = []
+    ended: dict = {}
 
-    def lose_node() -> None:
-        lost.append(first_checkpoint(run_dir, lambda: not finished.is_set()))
-        cluster.remove_node(other)
+    def run() -> None:
+        try:
+            ended["out"] = train(run_dir, *ELASTIC, "launcher=ray", "launcher.max_failures=2",
+                                 "launcher.min_replicas=1", "launcher.placement_timeout_s=5")
+        except Exception as exc:  # raised again in the test's thread, below
+            ended["error"] = exc
 
-    killer = threading.Thread(target=lose_node)
-    killer.start()
+    def attempt(n: int) -> list[dict]:
+        return [p for p in _placement(run_dir) if p["attempt"] == n]
+
+    job = threading.Thread(target=run)  # the cluster changes here: Ray starts nodes from the main thread only
+    job.start()
     try:
-        out = train(run_dir, *ELASTIC, "launcher=ray", "launcher.max_failures=1", "launcher.min_replicas=1",
-                    "launcher.placement_timeout_s=5")
+        lost = first_checkpoint(run_dir, job.is_alive)
+        cluster.remove_node(other)
+        until(lambda: attempt(1), job.is_alive)  # attempt 1 is placed: the node that comes back is not in it
+        until(lambda: _one_replica_checkpoint(run_dir), job.is_alive)
+        rank = attempt(1)[1]["pid"]
+        os.kill(rank, signal.SIGSTOP)  # attempt 1 waits for it while the node starts (seconds)
+        cluster.add_node(**node_args)
+        os.kill(rank, signal.SIGKILL)
     finally:
-        finished.set()
-        killer.join()
-    assert len(lost) == 1 and out["final"]["step"] == 6
-    before = read_meta(run_dir / "checkpoints" / f"step_{lost[0]:08d}")
-    after = read_meta(complete_checkpoints(run_dir / "checkpoints")[-1])
-    assert (before["replicas"], before["accumulate"], before["global_batch"]) == (2, 1, 32)
-    assert (after["step"], after["replicas"], after["accumulate"], after["global_batch"]) == (6, 1, 2, 32)
-    placement = json.loads((run_dir / "placement.json").read_text())
-    assert {(p["attempt"], p["replicas"]) for p in placement} == {(1, 1)} and len(placement) == 2
+        job.join()
+    if "error" in ended:
+        raise ended["error"]
+    assert ended["out"]["final"]["step"] == 8
+    first = read_meta(run_dir / "checkpoints" / f"step_{lost:08d}")
+    last = read_meta(complete_checkpoints(run_dir / "checkpoints")[-1])
+    assert (first["replicas"], first["accumulate"], first["global_batch"]) == (2, 1, 32)
+    assert (last["step"], last["replicas"], last["accumulate"], last["global_batch"]) == (8, 2, 1, 32)
+    assert {(p["attempt"], p["replicas"]) for p in _placement(run_dir)} == {(2, 2)}
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    changes = size_changes([s for s in steps if s["kind"] == "step"])
-    assert [(c["replicas"], c["accumulate"]) for c in changes] == [(2, 1), (1, 2)]
-    assert lost[0] < changes[1]["step"]  # the new size from a checkpoint after the first one
+    changes = size_changes([s for s in steps if s["kind"] == "step"])  # what `splitnet report` lists
+    assert [(c["replicas"], c["accumulate"]) for c in changes] == [(2, 1), (1, 2), (2, 1)]
+    assert lost < changes[1]["step"] < changes[2]["step"] <= 8
     assert_bitwise_equal(final_params(run_dir), final_params(want))
