@@ -35,11 +35,11 @@ def resumed(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["mesh"]["replicas"] == cfg["plan"]["mesh"]["replicas"]:
         return out
     if not saved:
-        out = {**out, "train": {**out["train"], "global_batch": trained_global_batch(cfg)}}
+        out = {**out, "train": {**out["train"], "global_batch": _trained_global_batch(cfg)}}
     return {**out, "plan": preflight(out, run_dir).plan.to_dict()}
 
 
-def trained_global_batch(cfg: dict[str, Any]) -> int:
+def _trained_global_batch(cfg: dict[str, Any]) -> int:
     """The global batch of the attempt that ran ``cfg``, by the rule its workers followed."""
     plan = Plan.from_dict(cfg["plan"])
     resume = cfg["train"].get("resume")
