@@ -22,13 +22,12 @@ from typing import Any
 from splitnet.partition.plan import Plan
 from splitnet.train.checkpoint import complete_checkpoints, find_checkpoint, read_meta
 from splitnet.train.global_batch import global_batch, recorded_global_batch
+from splitnet.train.preflight import preflight
 
 
 def resumed(cfg: dict[str, Any]) -> dict[str, Any]:
     """``cfg`` for a restarted attempt (``cfg["run_dir"]`` is the job's run folder,
     ``cfg["plan"]`` the last attempt's plan, ``cfg["mesh"]["replicas"]`` this one's replicas)."""
-    from splitnet.train.preflight import preflight
-
     run_dir = Path(cfg["run_dir"])
     saved = bool(complete_checkpoints(run_dir / "checkpoints"))
     out = {**cfg, "train": {**cfg["train"], "resume": "auto"}} if saved else cfg
