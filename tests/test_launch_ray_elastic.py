@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from splitnet.launchers.ray import RayLaunchError
 from splitnet.report.sweep import size_changes
 from splitnet.train.checkpoint import complete_checkpoints, read_meta
 from tests.launching import JOB, assert_bitwise_equal, final_params, first_checkpoint, until
@@ -62,6 +63,22 @@ def _one_replica_checkpoint(run_dir: Path) -> bool:
     return any(read_meta(c)["replicas"] == 1 for c in complete_checkpoints(run_dir / "checkpoints"))
 
 
+def _start(run_dir: Path, *overrides: str) -> tuple[threading.Thread, dict]:
+    """The Ray job in a thread of its own: the test changes the cluster from the main thread,
+    the only one Ray starts nodes from. The dict gets its result ("out") or error ("error")."""
+    ended: dict = {}
+
+    def run() -> None:
+        try:
+            ended["out"] = train(run_dir, *ELASTIC, "launcher=ray", *overrides)
+        except Exception as exc:  # raised again in the test's thread
+            ended["error"] = exc
+
+    job = threading.Thread(target=run)
+    job.start()
+    return job, ended
+
+
 @pytest.mark.timeout(300)
 def test_a_ray_job_that_loses_a_node_goes_on_with_one_replica_grows_back_and_ends_bitwise_equal(two_nodes, tmp_path):
     """R=2 x D=2, one replica per node. The second node is removed after the first checkpoint: the
@@ -71,20 +88,11 @@ def test_a_ray_job_that_loses_a_node_goes_on_with_one_replica_grows_back_and_end
     train(want, *ELASTIC)  # simulate, uninterrupted; Ray equals simulate bitwise (test_launch_ray.py)
     cluster, other, node_args = two_nodes
     run_dir = tmp_path / "run"
-    ended: dict = {}
-
-    def run() -> None:
-        try:
-            ended["out"] = train(run_dir, *ELASTIC, "launcher=ray", "launcher.max_failures=2",
-                                 "launcher.min_replicas=1", "launcher.placement_timeout_s=5")
-        except Exception as exc:  # raised again in the test's thread, below
-            ended["error"] = exc
+    job, ended = _start(run_dir, "launcher.max_failures=2", "launcher.min_replicas=1", "launcher.placement_timeout_s=5")
 
     def attempt(n: int) -> list[dict]:
         return [p for p in _placement(run_dir) if p["attempt"] == n]
 
-    job = threading.Thread(target=run)  # the cluster changes here: Ray starts nodes from the main thread only
-    job.start()
     try:
         lost = first_checkpoint(run_dir, job.is_alive)
         cluster.remove_node(other)
@@ -109,3 +117,19 @@ def test_a_ray_job_that_loses_a_node_goes_on_with_one_replica_grows_back_and_end
     assert [(c["replicas"], c["accumulate"]) for c in changes] == [(2, 1), (1, 2), (2, 1)]
     assert lost < changes[1]["step"] < changes[2]["step"] <= 8
     assert_bitwise_equal(final_params(run_dir), final_params(want))
+
+
+@pytest.mark.timeout(300)
+def test_without_min_replicas_a_restart_that_cannot_place_every_replica_is_one_line(two_nodes, tmp_path):
+    cluster, other, _ = two_nodes
+    job, ended = _start(tmp_path / "run", "launcher.max_failures=1", "launcher.placement_timeout_s=3")
+    try:
+        first_checkpoint(tmp_path / "run", job.is_alive)
+        cluster.remove_node(other)
+    finally:
+        job.join()
+    error = ended.get("error")
+    assert isinstance(error, RayLaunchError), ended  # launcher.min_replicas=null: not elastic unless asked
+    assert str(error).startswith("placement: asked for 2 replica(s) x 2 rank(s) of CPU=1 each (STRICT_PACK: a "
+                                 "replica on one node), 1 of 2 placed within launcher.placement_timeout_s=3s; ")
+    assert "\n" not in str(error)
