@@ -80,7 +80,8 @@ def _start(run_dir: Path, *overrides: str) -> tuple[threading.Thread, dict]:
 
 
 @pytest.mark.timeout(300)
-def test_a_ray_job_that_loses_a_node_goes_on_with_one_replica_grows_back_and_ends_bitwise_equal(two_nodes, tmp_path):
+def test_a_ray_job_that_loses_a_node_goes_on_with_one_replica_grows_back_and_ends_bitwise_equal(two_nodes, tmp_path,
+                                                                                                capsys):
     """R=2 x D=2, one replica per node. The second node is removed after the first checkpoint: the
     restart places one replica (launcher.min_replicas=1) and takes 2 micro-steps. After its first
     checkpoint a node joins again and a rank is killed: the next restart places two again."""
@@ -106,6 +107,12 @@ def test_a_ray_job_that_loses_a_node_goes_on_with_one_replica_grows_back_and_end
         job.join()
     if "error" in ended:
         raise ended["error"]
+    sizes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("splitnet train: placement:")]
+    assert sizes == [
+        "splitnet train: placement: 1 of 2 replica(s) placed within launcher.placement_timeout_s=5s; attempt 1 runs "
+        "on 1 replica(s) instead of 2 (launcher.min_replicas=1), with the same global batch",
+        "splitnet train: placement: 2 of 2 replica(s) placed; attempt 2 runs on 2 replica(s) instead of 1 "
+        "(launcher.min_replicas=1), with the same global batch"]
     assert ended["out"]["final"]["step"] == 8
     first = read_meta(run_dir / "checkpoints" / f"step_{lost:08d}")
     last = read_meta(complete_checkpoints(run_dir / "checkpoints")[-1])

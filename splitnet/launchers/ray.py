@@ -60,12 +60,13 @@ class RayLaunchError(SplitnetError, RuntimeError):
 
 
 class _RankLost(Exception):
-    def __init__(self, rank: int, detail: str, cause: str | None, cfg: dict[str, Any]) -> None:
+    def __init__(self, rank: int, detail: str, cause: str | None, cfg: dict[str, Any], replicas: int) -> None:
         super().__init__(detail)
         self.rank = rank
         self.detail = detail
         self.cause = cause  # the one line of a SplitnetError the rank raised
         self.cfg = cfg  # the attempt's config, the one to restart from
+        self.replicas = replicas  # the attempt ran on this many
 
 
 def _check_reachable(address: str, timeout_s: float) -> None:
@@ -169,7 +170,8 @@ def _place(launcher: dict[str, Any], bundle: dict[str, float], devices: int, str
     groups = [placement_group([bundle] * devices, strategy=strategy) for _ in range(replicas)]
     refs = [g.ready() for g in groups]
     ready, _ = ray.wait(refs, num_returns=replicas, timeout=float(launcher["placement_timeout_s"]))
-    placed = {i for i, ref in enumerate(refs) if ref in set(ready)}
+    done = set(ready)
+    placed = {i for i, ref in enumerate(refs) if ref in done}
     if len(placed) < minimum:
         placed = set()
     for i, group in enumerate(groups):
@@ -181,9 +183,10 @@ def _place(launcher: dict[str, Any], bundle: dict[str, float], devices: int, str
 
 
 def _run_once(job: Job, cfg: dict[str, Any], attempt: int, minimum: int,
-              restart: Callable[[dict[str, Any]], dict[str, Any]] | None) -> list[Any]:
+              restart: Callable[[dict[str, Any]], dict[str, Any]] | None, was: int) -> list[Any]:
     """One attempt: place the replicas, start a rank actor per bundle, wait for every rank.
-    A restart (``attempt`` > 0) runs the config ``restart`` gives for the replicas placed."""
+    A restart (``attempt`` > 0) runs the config ``restart`` gives for the replicas placed;
+    ``was``: the replicas the attempt before ran on."""
     import ray
     from ray.util.placement_group import remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -209,10 +212,12 @@ def _run_once(job: Job, cfg: dict[str, Any], attempt: int, minimum: int,
                 cfg = restart({**cfg, "mesh": {**cfg["mesh"], "replicas": replicas}})
             except SplitnetError as exc:
                 raise RayLaunchError(f"placement: {replicas} of {wanted} replica(s) placed on restart: {exc}") from None
-        if replicas < wanted:
-            print(f"splitnet train: placement: {replicas} of {wanted} replica(s) placed within "
-                  f"launcher.placement_timeout_s={launcher['placement_timeout_s']:g}s; attempt {attempt} runs "
-                  f"on {replicas} (launcher.min_replicas={minimum}), keeping the global batch", file=sys.stderr)
+        if replicas != was:
+            timeout = launcher["placement_timeout_s"]
+            within = f" within launcher.placement_timeout_s={timeout:g}s" if replicas < wanted else ""
+            print(f"splitnet train: placement: {replicas} of {wanted} replica(s) placed{within}; attempt {attempt} "
+                  f"runs on {replicas} replica(s) instead of {was} (launcher.min_replicas={minimum}), with the same "
+                  "global batch", file=sys.stderr)
         world = replicas * devices
         for rank in range(world):
             where = PlacementGroupSchedulingStrategy(groups[rank // devices],
@@ -238,7 +243,7 @@ def _run_once(job: Job, cfg: dict[str, Any], attempt: int, minimum: int,
             except ray.exceptions.RayError as exc:
                 # a task's error carries the rank's own exception as its cause, when it unpickles
                 raise _RankLost(refs[done[0]], str(exc), cause_of(getattr(exc, "cause", None) or exc),
-                                run_cfg) from None
+                                run_cfg, replicas) from None
         return results
     finally:
         for actor in actors:
@@ -265,15 +270,15 @@ def launch(job: Job, world_size: int, cfg: dict[str, Any], *,
     import ray
 
     try:
-        failures = 0
+        failures, ran_on = 0, cfg["mesh"]["replicas"]
         while True:
             try:
-                return _run_once(job, cfg, failures, minimum, restart)
+                return _run_once(job, cfg, failures, minimum, restart, ran_on)
             except _RankLost as lost:
                 if failures >= int(launcher["max_failures"]):
                     raise WorkerFailed(lost.rank, lost.detail, cause=lost.cause) from None
                 failures += 1
-                cfg = lost.cfg
+                cfg, ran_on = lost.cfg, lost.replicas
                 print(f"splitnet train: rank {lost.rank} failed ({lost.cause or lost.detail.strip().splitlines()[0]}); "
                       f"restarting every rank (failure {failures} of launcher.max_failures="
                       f"{launcher['max_failures']})", file=sys.stderr)
