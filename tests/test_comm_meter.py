@@ -34,6 +34,17 @@ def test_ring_accounting_is_exact():
     assert meter.per_layer() == {} and meter.total() == 0
 
 
+def test_the_input_batch_gather_is_data_and_never_a_layers_exchange():
+    meter = Meter()
+    meter.record("conv3", "fwd", "all_gather", 300, 3)
+    meter.record_data("all_gather", 330, 3)  # three ranks' rows of the input batch, 110 bytes each
+    assert meter.data_bytes == Fraction(220) and meter.data_calls == 1
+    assert meter.per_layer() == {"conv3": {"fwd": Fraction(200), "bwd": Fraction(0), "calls": 1}}
+    assert meter.total() == Fraction(200) and set(meter.reading()) == {"conv3"}
+    meter.reset()
+    assert meter.data_bytes == 0 and meter.data_calls == 0
+
+
 def _plan(partition, **mesh):
     return make_plan(shipped_spec("alexnet_small"), partition, Mesh(**mesh), 8)
 

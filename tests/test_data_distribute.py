@@ -11,6 +11,7 @@ from splitnet.data.distribute import (
     replica_shards,
     role_batches,
     role_of,
+    row_parts,
 )
 from splitnet.data.errors import DataError
 
@@ -62,3 +63,14 @@ def test_worker_streams_cover_the_rest_of_the_epoch_in_order(n, workers, start) 
         assert mine == list(range(start + w, n, workers))
         served += mine
     assert sorted(served) == list(range(start, n))
+
+
+@pytest.mark.parametrize(("rows", "parts", "want"), [(32, 3, (11, 11, 10)), (32, 4, (8, 8, 8, 8)), (19, 1, (19,)),
+                                                     (2, 4, (1, 1, 0, 0))])
+def test_row_parts_are_as_equal_as_they_can_be_and_cover_the_batch(rows, parts, want) -> None:
+    assert row_parts(rows, parts) == want
+
+
+def test_row_parts_refuse_no_parts() -> None:
+    with pytest.raises(DataError, match="cannot be split into 0 parts"):
+        row_parts(8, 0)

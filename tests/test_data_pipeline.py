@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from splitnet.data import BadSampleError, DataError, build_loader, data_info
+from splitnet.data.pipeline import merged
 from splitnet.data.shards import write_shard_set
 from splitnet.data.sources import ArraySource
 
@@ -41,10 +42,10 @@ def config(root: Path, **overrides) -> dict:
 
 
 def loader(root: Path, *, split="train", batch_size=20, replica=0, replicas=1, epoch=0, seed=0,
-           crops=1, skip=0, **overrides):
+           crops=1, skip=0, part=(0, 1), **overrides):
     return build_loader(config(root, **overrides), split=split, image_size=6, channels=3,
                         batch_size=batch_size, replica=replica, num_replicas=replicas,
-                        epoch=epoch, seed=seed, crops=crops, skip_batches=skip)
+                        epoch=epoch, seed=seed, crops=crops, skip_batches=skip, part=part)
 
 
 def ids_of(images: torch.Tensor, root: Path) -> list[int]:
@@ -132,6 +133,53 @@ def test_batches_do_not_depend_on_the_number_of_workers(shard_dir) -> None:
         assert len(other) == len(base) - skip
         for (x, y), (xo, yo) in zip(base[skip:], other, strict=True):
             assert torch.equal(x, xo) and torch.equal(y, yo)
+
+
+@pytest.mark.parametrize(("devices", "batch_size", "workers", "replicas"),
+                         [(2, 20, 0, 1), (3, 32, 0, 1), (3, 32, 2, 1), (4, 12, 0, 2)])
+def test_each_rank_decodes_its_rows_and_the_ranks_parts_join_into_the_whole_batch(
+        shard_dir, devices, batch_size, workers, replicas) -> None:
+    """Rank i of a replica's D ranks decodes rows row_parts(B, D)[i] of every batch, and only
+    those; joined in rank order they are bitwise the batch one rank decodes whole."""
+    augmented = {"flip": True, "pca_std": 0.1, "workers": workers}
+    common = {"batch_size": batch_size, "replica": replicas - 1, "replicas": replicas, "epoch": 1, "skip": 1}
+    whole_loader = loader(shard_dir, **common, **augmented)
+    whole = batches(whole_loader)
+    assert whole_loader.parts is None and len(whole) == N_TRAIN // (batch_size * replicas) - 1
+    sizes = [batch_size // devices + (i < batch_size % devices) for i in range(devices)]
+    decoded = []
+    for rank, part in enumerate([loader(shard_dir, **common, **augmented, part=(r, devices)) for r in range(devices)]):
+        got = batches(part)
+        assert part.parts == tuple(sizes)
+        assert [len(y) for _, y in got] == [sizes[rank]] * len(whole)
+        decoded.append(part.stats["decoded"])
+        for k, (x, y) in enumerate(got):
+            first = sum(sizes[:rank])
+            assert torch.equal(x, whole[k][0][first:first + sizes[rank]])
+            assert torch.equal(y, whole[k][1][first:first + sizes[rank]])
+    assert decoded == [n * len(whole) for n in sizes]  # 1/D of every batch, nothing more
+    assert whole_loader.stats["decoded"] == batch_size * len(whole)
+
+
+def test_ranks_fill_bad_rows_as_one_rank_does_and_each_bad_sample_is_counted_once(damaged) -> None:
+    root, shard, _ = damaged
+    whole_loader = loader(root, batch_size=19, shuffle_buffer=0, pca_std=0.1)
+    whole = batches(whole_loader)
+    parts = [loader(root, batch_size=19, shuffle_buffer=0, pca_std=0.1, part=(r, 3)) for r in range(3)]
+    got = [batches(p) for p in parts]
+    for k, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([g[k][0] for g in got]), x)
+        assert torch.equal(torch.cat([g[k][1] for g in got]), y)
+    assert whole_loader.stats["skipped"] == sum(p.stats["skipped"] for p in parts) == 2
+    joined = merged(p.damage for p in parts)
+    assert {k: (d.cut, d.undecodable) for k, d in joined.items()} == {str(shard.resolve()): (0, 2)}
+
+
+def test_a_part_is_for_training_batches(shard_dir) -> None:
+    with pytest.raises(DataError, match=r"part=\(0, 2\): .* D > 1 only for the train split"):
+        loader(shard_dir, split="val", part=(0, 2))
+    with pytest.raises(DataError, match=r"part=\(2, 2\): \(rank i, of D ranks\) with 0 <= i < D"):
+        loader(shard_dir, part=(2, 2))
 
 
 def test_val_scores_every_sample_once_in_partial_batches(shard_dir) -> None:

@@ -5,6 +5,11 @@ each collective with the plan's own ring accounting (``ring_bytes``, see
 splitnet/partition/plan.py), not counted on the wire; kept as exact fractions so a
 measured step can be compared with the plan to the byte (``compare_traffic``). Always
 on: one dict update per call.
+
+The input batch's all-gather (each rank of a replica decodes its rows, the ranks join them)
+is a data transfer, not one of the plan's exchanges: ``record_data`` counts it apart, in
+``data_bytes`` and ``data_calls``, and ``per_layer``, ``total`` and ``reading`` never hold
+it, so the record of a step still lists exactly the plan's exchange points.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ class Meter:
     def __init__(self) -> None:
         self.calls: dict[tuple[str, str], int] = defaultdict(int)
         self.bytes: dict[tuple[str, str], Fraction] = defaultdict(Fraction)
+        self.data_calls = 0
+        self.data_bytes = Fraction(0)
 
     def record(self, layer: str, direction: str, collective: str, nbytes: int, k: int) -> None:
         """One call of ``collective`` on an ``nbytes`` tensor (the whole one) over ``k`` ranks."""
@@ -27,9 +34,16 @@ class Meter:
         self.calls[key] += 1
         self.bytes[key] += ring_bytes(collective, nbytes, k)
 
+    def record_data(self, collective: str, nbytes: int, k: int) -> None:
+        """One call of ``collective`` that moves input data (not an exchange of the plan)."""
+        self.data_calls += 1
+        self.data_bytes += ring_bytes(collective, nbytes, k)
+
     def reset(self) -> None:
         self.calls.clear()
         self.bytes.clear()
+        self.data_calls = 0
+        self.data_bytes = Fraction(0)
 
     def per_layer(self) -> dict[str, dict[str, Any]]:
         """{layer: {"fwd": Fraction, "bwd": Fraction, "calls": int}} for every layer that talked."""

@@ -236,6 +236,36 @@ class Transport:
         self.wait(dist.all_reduce(value, op=dist.ReduceOp.MAX, async_op=True), what, "all_reduce")
         return bool(value.item())
 
+    def gather_batch(self, images: torch.Tensor, labels: torch.Tensor,
+                     sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The replica's input batch from its model-parallel ranks' rows of it (rank i decoded
+        ``sizes[i]`` rows; joined in rank order). The rows travel in their own dtype (float32
+        images: the batch is bitwise the one a single rank decodes whole), each part padded to
+        the largest, and are metered as a data transfer (``Meter.record_data``), not as an
+        exchange of the plan."""
+        ranks = tuple(range(self.mesh.devices))
+        group = self._collective(self.group(ranks))
+        pending = []
+        for x in (images, labels):
+            x = _pad(x, 0, max(sizes))
+            parts = [torch.empty_like(x) for _ in ranks]
+            pending.append((dist.all_gather(parts, x, group=group, async_op=True), parts))
+            self.meter.record_data("all_gather", x.numel() * x.element_size() * len(ranks), len(ranks))
+        joined = []
+        for work, parts in pending:
+            self.wait(work, "data", "all_gather of the input batch")
+            joined.append(torch.cat([p.narrow(0, 0, n) for p, n in zip(parts, sizes, strict=True)]))
+        return joined[0], joined[1]
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every model-parallel rank's ``obj`` (picklable), in rank order: a rare record such as
+        the data loader's damage at an epoch's end. Not metered: no tensor of the plan's."""
+        if self.mesh.devices == 1:
+            return [obj]
+        out: list[Any] = [None] * self.mesh.devices
+        dist.all_gather_object(out, obj, group=self._collective(self.group(tuple(range(self.mesh.devices)))))
+        return out
+
     # The collectives. Only comm/ calls these (exchange.py for activations and their
     # gradients, buckets.py for parameter gradients); the rest of splitnet calls comm/.
 

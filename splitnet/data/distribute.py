@@ -2,7 +2,9 @@
 
 All pure functions of (seed, epoch, replica): never of the rank, so every rank of a
 model-parallel group computes the same answers and sees the same batches; and never of
-the number of DataLoader workers, which only decides who decodes which batch.
+the number of DataLoader workers, which only decides who decodes which batch. The rank
+decides only which rows of a batch it decodes (``row_parts``): the replica's ranks then
+assemble the same batch from their parts.
 """
 
 from __future__ import annotations
@@ -70,3 +72,12 @@ def role_batches(role: int, workers: int, n_batches: int, start: int) -> tuple[i
     mine = range(role, n_batches, workers)
     skipped = len(range(role, min(start, n_batches), workers))
     return skipped, len(mine) - skipped
+
+
+def row_parts(rows: int, parts: int) -> tuple[int, ...]:
+    """The rows each of ``parts`` ranks decodes of a ``rows``-row batch, in row order: as equal
+    as they can be, the first ``rows mod parts`` one larger (32 over 3: 11, 11, 10; a batch
+    smaller than ``parts`` leaves the last ranks none)."""
+    if parts < 1:
+        raise DataError(f"a batch cannot be split into {parts} parts; use 1 or more")
+    return tuple(rows // parts + (i < rows % parts) for i in range(parts))

@@ -16,6 +16,13 @@ function of (seed, epoch, sample position), never of the rank or the number of w
 so the ranks of a model-parallel group yield identical batches and ``data.workers``
 does not change a run; per-position generators also let a resumed epoch skip batches
 without decoding them.
+
+Decode once per replica (train): given ``part=(i, D)``, rank i of a replica's D
+model-parallel ranks decodes and augments only its rows of each batch (``row_parts``)
+and yields them; the ranks then all-gather the rows (comm/, a data transfer) into the
+batch a single rank would have decoded whole, bitwise, since every row's randomness
+follows its position. ``pin_memory``: batches arrive in page-locked host memory, so
+their copy to a CUDA device can run asynchronously (``splitnet.data.transfer``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from itertools import count, cycle, islice
+from itertools import count, islice
 from typing import Any
 
 import numpy as np
@@ -45,6 +52,7 @@ from splitnet.data.distribute import (
     replica_shards,
     role_batches,
     role_of,
+    row_parts,
 )
 from splitnet.data.errors import BadSampleError, DataError
 from splitnet.data.info import SPLITS, data_info
@@ -126,19 +134,27 @@ class ReplicaStream(IterableDataset):
     reads the whole sequence and decodes only batches role, role + roles, ...: the batches
     are a function of (seed, epoch, replica) alone, never of the number of workers.
 
-    Train: a sample that cannot be decoded is replaced by a good sample of its own batch
-    (with the augmentation of its position), so every batch is full and no later batch
-    moves: a resumed epoch gets the same batches whatever was skipped before them.
+    Train: ``part=(i, D)`` decodes only rows ``row_parts(B, D)[i]`` of each batch, for rank i
+    of a replica's D model-parallel ranks. A sample that cannot be decoded is replaced by the
+    next decodable sample of its batch, wrapping around (with the augmentation of its own
+    position): every batch is full, no later batch moves (a resumed epoch gets the same
+    batches whatever was skipped before them), and a rank fills its rows without knowing
+    which of the other ranks' rows decode, so its part is the same rows whatever D is. A bad
+    sample is counted by the rank whose row it is.
     Val (``exact``): one pass, no replacement; the last batch may be partial, so every
-    readable sample is scored exactly once. Items are (images, labels, role, skipped, damage):
-    ``damage`` names each shard that lost samples, how many and why (``Damage``).
+    readable sample is scored exactly once. Items are (images, labels, role, skipped, decoded,
+    damage): ``decoded`` counts the stream's decode calls, ``damage`` names each shard that
+    lost samples, how many and why (``Damage``).
     """
 
     def __init__(self, shards: list[str], counts: dict[str, int], *, split: str,
                  augmenter: Augmenter, num_classes: int, batch_size: int, n_batches: int,
                  start: int, roles: int, shuffle_buffer: int, on_error: str, seed: int,
-                 epoch: int, replica: int, num_replicas: int, subset: tuple[float, int] = (1.0, 0)) -> None:
+                 epoch: int, replica: int, num_replicas: int, subset: tuple[float, int] = (1.0, 0),
+                 part: tuple[int, int] = (0, 1)) -> None:
         self.shards = shards
+        self.sizes = row_parts(batch_size, part[1])
+        self.own = (sum(self.sizes[:part[0]]), sum(self.sizes[:part[0] + 1]))  # rows [lo, hi) decoded here
         self.subset = subset  # (data.fraction, data.subset_seed); train only
         self.counts = counts
         self.train = split == "train"
@@ -155,6 +171,7 @@ class ReplicaStream(IterableDataset):
         self.key = (seed, epoch, 0 if self.train else replica)
         self.replica, self.num_replicas = (replica, num_replicas) if self.train else (0, 1)
         self.skipped = 0
+        self.decoded = 0
         self.broken_off: set[str] = set()
         self.cut: dict[str, int] = {}  # shard -> samples lost after its tar data became unreadable
         self.bad_keys: dict[str, set[str]] = {}  # shard -> keys of samples that did not decode
@@ -253,94 +270,118 @@ class ReplicaStream(IterableDataset):
                 return
             batch = self.batch(k, raw)
             if batch is not None:
-                yield (*batch, role, self.skipped, self.damage())
+                yield (*batch, role, self.skipped, self.decoded, self.damage())
 
     def first(self, k: int) -> int:
         """The position in the sequence of the replica's batch ``k``: its part of global batch k."""
         return (k * self.num_replicas + self.replica) * self.batch_size
 
     def batch(self, k: int, raw: list[tuple[str, dict[str, Any]]]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Batch ``k`` from its raw samples (positions k*B ...), decoded and augmented; None
-        for a val batch without one readable sample."""
-        decoded: list[tuple[np.ndarray, int] | None] = []
-        for shard, sample in raw:
-            try:
-                decoded.append(decode(sample, self.num_classes))
-            except Malformed as exn:
-                self.bad(shard, f"sample {sample.get('__key__')!r}", str(exn), str(sample.get("__key__")))
-                decoded.append(None)
-        good = [d for d in decoded if d is not None]
-        if not good:
-            if not self.train:
-                return None
-            raise DataError(
-                f"batch {k} of epoch {self.key[1]}: none of its {len(raw)} samples can be decoded "
-                f"(shards {sorted({shard for shard, _ in raw})}); rewrite or remove those shards"
-            )
-        if self.train:  # the j-th bad slot takes the j-th good sample, wrapping around
-            spares = cycle(good)
-            decoded = [d if d is not None else next(spares) for d in decoded]
+        """This stream's rows of batch ``k`` (train: its part; val: all) from the batch's raw
+        samples (positions k*B ...), decoded and augmented; None for a val batch without one
+        readable sample."""
+        tried: dict[int, tuple[np.ndarray, int] | None] = {}
+        lo, hi = self.own[0], min(self.own[1], len(raw))  # val: the last batch may be short
+
+        def attempt(i: int) -> tuple[np.ndarray, int] | None:
+            if i not in tried:
+                shard, sample = raw[i]
+                self.decoded += 1
+                try:
+                    tried[i] = decode(sample, self.num_classes)
+                except Malformed as exn:
+                    if lo <= i < hi:  # the rank whose row it is counts it (or raises)
+                        key = str(sample.get("__key__"))
+                        self.bad(shard, f"sample {sample.get('__key__')!r}", str(exn), key)
+                    tried[i] = None
+            return tried[i]
+
+        rows: list[tuple[int, tuple[np.ndarray, int]]] = []
+        for i in range(lo, hi):
+            item = attempt(i)
+            if item is None and self.train:  # the next decodable sample of the batch, wrapping around
+                item = next((d for j in range(1, len(raw)) if (d := attempt((i + j) % len(raw))) is not None),
+                            None)
+                if item is None:
+                    raise DataError(
+                        f"batch {k} of epoch {self.key[1]}: none of its {len(raw)} samples can be decoded "
+                        f"(shards {sorted({shard for shard, _ in raw})}); rewrite or remove those shards")
+            if item is not None:
+                rows.append((i, item))
+        if not rows and not self.train:
+            return None
+        if not rows:  # a part of no rows: a batch smaller than the replica's ranks
+            size = self.augmenter.size
+            return torch.empty(0, 3, size, size), torch.empty(0, dtype=torch.int64)
         crops: list[np.ndarray] = []
         offsets: list[np.ndarray] = []
-        labels: list[int] = []
         first = self.first(k)
-        for i, item in enumerate(decoded):
-            if item is None:
-                continue
+        for i, (image, _) in rows:
             rng = np.random.default_rng(stream_seed(*self.key, "augment", first + i))
-            crop, offset = self.augmenter.sample(item[0], rng)
+            crop, offset = self.augmenter.sample(image, rng)
             crops.append(crop)
             offsets.append(offset)
-            labels.append(item[1])
-        return self.augmenter.batch(crops, offsets), torch.tensor(labels, dtype=torch.int64)
+        labels = torch.tensor([label for _, (_, label) in rows], dtype=torch.int64)
+        return self.augmenter.batch(crops, offsets), labels
 
 
 class ShardLoader:
-    """``len()`` batches of (images, labels); ``stats`` counts skipped bad samples, and
-    ``damage`` names each shard that lost samples (``Damage``) so the loop can report it."""
+    """``len()`` batches of (images, labels); ``stats`` counts skipped bad samples and decoded
+    images, and ``damage`` names each shard that lost samples (``Damage``) so the loop can
+    report it. ``parts``: the rows each rank of the replica decodes when this loader yields
+    one rank's part of every batch (the ranks all-gather the rest), else None."""
 
     synthetic = False
 
-    def __init__(self, stream: ReplicaStream, workers: int) -> None:
+    def __init__(self, stream: ReplicaStream, workers: int, pin_memory: bool = False) -> None:
         self.stream = stream
         self.workers = workers
-        self.stats: dict[str, int] = {"skipped": 0, "batches": 0}
+        self.pin_memory = pin_memory
+        self.parts = stream.sizes if len(stream.sizes) > 1 else None
+        self.stats: dict[str, int] = {"skipped": 0, "decoded": 0, "batches": 0}
         self.damage: dict[str, Damage] = {}
 
     def __len__(self) -> int:
         return self.stream.n_batches - self.stream.start
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.stats = {"skipped": 0, "batches": 0}
+        self.stats = {"skipped": 0, "decoded": 0, "batches": 0}
         self.damage = {}
-        self.stream.skipped = 0
+        self.stream.skipped = self.stream.decoded = 0
         source: Iterable[Any] = (
-            DataLoader(self.stream, batch_size=None, num_workers=self.workers, multiprocessing_context=WORKER_START)
+            DataLoader(self.stream, batch_size=None, num_workers=self.workers, multiprocessing_context=WORKER_START,
+                       pin_memory=self.pin_memory)
             if self.workers
             else self.stream
         )
         skipped_by_role: dict[int, int] = {}
+        decoded_by_role: dict[int, int] = {}
         damage_by_role: dict[int, dict[str, Damage]] = {}
         failure: DataError | None = None
         for item in source:
             if isinstance(item, DataError):
                 failure = item
                 break
-            images, labels, role, skipped, damage = item
+            images, labels, role, skipped, decoded, damage = item
             # Each worker process counts its own skips; the latest count per stream is its total.
             skipped_by_role[role] = skipped
+            decoded_by_role[role] = decoded
             self.stats["skipped"] = sum(skipped_by_role.values())
+            self.stats["decoded"] = sum(decoded_by_role.values())
             damage_by_role[role] = damage
             self.damage = merged(damage_by_role.values())
             self.stats["batches"] += 1
+            if self.pin_memory and not self.workers:  # DataLoader's own pin thread serves workers
+                images, labels = images.pin_memory(), labels.pin_memory()
             yield images, labels
         if failure is not None:
             raise failure
 
 
 def merged(streams: Iterable[dict[str, Damage]]) -> dict[str, Damage]:
-    """One replica's damage from its streams: each stream reads every sample, so a broken-off
-    tar loses the same samples in each, but decodes only its own batches."""
+    """One replica's damage from its streams (DataLoader workers, or model-parallel ranks): each
+    stream reads every sample, so a broken-off tar loses the same samples in each, but decodes
+    only its own batches (a worker) or rows (a rank)."""
     out: dict[str, Damage] = {}
     for damage in streams:
         for shard, d in damage.items():
@@ -356,8 +397,8 @@ def check_skip(skip_batches: int, n_batches: int) -> None:
 
 def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_size: int,
                  channels: int, batch_size: int, replica: int, num_replicas: int, epoch: int,
-                 seed: int, crops: int = 1, cache_dir: str | None = None,
-                 skip_batches: int = 0) -> ShardLoader | SyntheticLoader:
+                 seed: int, crops: int = 1, cache_dir: str | None = None, skip_batches: int = 0,
+                 part: tuple[int, int] = (0, 1), pin_memory: bool = False) -> ShardLoader | SyntheticLoader:
     """One replica's batches of ``split`` for ``epoch``; identical on every rank of the replica.
 
     Images are float32 [B, C, S, S] ([B, n, C, S, S] for n > 1 crops, val only: ``crops``
@@ -369,6 +410,12 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
     Val: the replicas' shards are disjoint and together the whole split; each replica
     scores each of its samples once, in batches of ``batch_size`` and a last partial one
     (a replica beyond the shard count gets none).
+
+    ``part=(i, D)`` (train): rank i of the replica's D model-parallel ranks decodes only its
+    rows ``row_parts(batch_size, D)[i]`` of each batch and yields them (``loader.parts`` says
+    how many rows each rank holds); the ranks' parts, joined in rank order, are the batch.
+    Synthetic data costs nothing to make, so its loader ignores ``part`` and yields whole
+    batches (``parts`` None). ``pin_memory``: batches in page-locked memory (a CUDA device's).
     """
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_dict(data_cfg)
     if split not in SPLITS:
@@ -383,13 +430,15 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
     info = data_info(cfg, cache_dir=cache_dir)
     if not 0 <= replica < num_replicas:
         raise DataError(f"replica {replica} is not in 0..{num_replicas - 1}")
+    if not 0 <= part[0] < part[1] or (part[1] > 1 and split != "train"):
+        raise DataError(f"part={part}: (rank i, of D ranks) with 0 <= i < D; D > 1 only for the train split")
     if info.synthetic:
         n_batches = info.batches_per_epoch(split, batch_size, num_replicas)
         check_skip(skip_batches, n_batches)
         return SyntheticLoader(
             n_batches=n_batches, start=skip_batches, batch_size=batch_size, channels=channels,
             image_size=image_size, num_classes=info.num_classes, crops=crops, seed=seed,
-            epoch=epoch, replica=replica, num_replicas=num_replicas, split=split,
+            epoch=epoch, replica=replica, num_replicas=num_replicas, split=split, pin_memory=pin_memory,
         )
     if cfg.side is not None and cfg.side < image_size:
         raise DataError(f"data.side={cfg.side} is smaller than the {image_size}x{image_size} crop")
@@ -416,6 +465,6 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
         mine, shard_set.counts, split=split, augmenter=augmenter, num_classes=info.num_classes,
         batch_size=batch_size, n_batches=n_batches, start=skip_batches, roles=max(1, workers),
         shuffle_buffer=cfg.shuffle_buffer, on_error=cfg.on_error, seed=seed, epoch=epoch,
-        replica=replica, num_replicas=num_replicas, subset=subset,
+        replica=replica, num_replicas=num_replicas, subset=subset, part=part,
     )
-    return ShardLoader(stream, workers)
+    return ShardLoader(stream, workers, pin_memory=pin_memory)

@@ -40,10 +40,12 @@ class SyntheticLoader:
     """Yields this replica's batches from ``start`` of ``n_batches``: N(0, 1) images and uniform labels."""
 
     synthetic = True
+    parts = None  # drawing a batch costs next to nothing: every rank draws it whole
 
     def __init__(self, *, n_batches: int, start: int, batch_size: int, channels: int,
                  image_size: int, num_classes: int, crops: int, seed: int, epoch: int,
-                 replica: int, num_replicas: int, split: str) -> None:
+                 replica: int, num_replicas: int, split: str, pin_memory: bool = False) -> None:
+        self.pin_memory = pin_memory
         train = split == "train"
         parts = num_replicas if train else 1
         # train: every replica takes its rows of each batch; val: its own batches, whole
@@ -62,7 +64,8 @@ class SyntheticLoader:
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = random_batch(self.shape[0], self.shape[1:], self.num_classes, *self.key, "synthetic", k)
-        return images[self.rows].contiguous(), labels[self.rows].contiguous()
+        images, labels = images[self.rows].contiguous(), labels[self.rows].contiguous()
+        return (images.pin_memory(), labels.pin_memory()) if self.pin_memory else (images, labels)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for k in self.indices:

@@ -32,6 +32,8 @@ import torch
 from splitnet.comm import Transport
 from splitnet.comm.exchange import combine_metrics
 from splitnet.data import build_loader
+from splitnet.data.pipeline import merged
+from splitnet.data.transfer import host_transfer, to_device
 from splitnet.errors import SplitnetError
 from splitnet.model.spec import ModelSpec
 from splitnet.partition.plan import Plan
@@ -130,15 +132,17 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
     replica scores its own shards' images once (a last partial batch included), and the
     counts are summed over the replicas through comm/."""
     shard.eval()
+    move = host_transfer(transport.device)
     loader = build_loader(cfg["data"], split="val", image_size=spec.input_size, channels=spec.input_channels,
                           batch_size=cfg["eval"]["batch_size"], replica=transport.replica,
-                          num_replicas=plan.replicas, epoch=0, seed=cfg["seed"], crops=crops)
+                          num_replicas=plan.replicas, epoch=0, seed=cfg["seed"], crops=crops,
+                          pin_memory=move.pin_memory)
 
     def logits(x: torch.Tensor) -> torch.Tensor | None:
         rows = x.shape[0]
         if shard.batch_split:  # hybrid devices take equal parts of a batch: pad a partial one
             x = pad_rows(x, plan.devices)
-        out = forward_only(shard, x.to(transport.device), transport)
+        out = forward_only(shard, x.to(transport.device, non_blocking=move.non_blocking), transport)
         return None if out is None else out[:rows].float().cpu()
 
     counts = score(logits, loader)
@@ -248,11 +252,14 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any], stop_request: StopRe
     damaged: set[str] = set()
     evaluating = cfg["eval"].get("enabled", True)
     every = int(cfg["eval"].get("every", 1))
+    move = host_transfer(transport.device)
     for epoch in range(first_epoch, tcfg["epochs"]):
+        # Each rank of the replica decodes its rows of the batch; the step all-gathers them
         loader = build_loader(cfg["data"], split="train", image_size=spec.input_size,
                               channels=spec.input_channels, batch_size=plan.batch_size * micro_steps,
                               replica=transport.replica, num_replicas=plan.replicas, epoch=epoch, seed=seed,
-                              skip_batches=skip)
+                              skip_batches=skip, part=(transport.mp_rank, plan.devices),
+                              pin_memory=move.pin_memory)
         bar = tqdm(total=len(loader) + skip, initial=skip, disable=not reporter, desc=f"epoch {epoch + 1}",
                    unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
         total, taken = len(loader) + skip, skip
@@ -263,7 +270,9 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any], stop_request: StopRe
             opt.zero_grad(set_to_none=True)
             transport.meter.reset()
             t0 = time.perf_counter()
-            x, y = x.to(transport.device, non_blocking=True), y.to(transport.device, non_blocking=True)
+            x, y = to_device(x, y, transport.device, move)
+            if loader.parts is not None:
+                x, y = transport.gather_batch(x, y, loader.parts)
             if tcfg.get("channels_last"):
                 x = x.contiguous(memory_format=torch.channels_last)
             result = accumulated_step(shard, x, y, transport, step, micro_steps)
@@ -275,7 +284,7 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any], stop_request: StopRe
             record: dict[str, Any] = {
                 "kind": "step", "rank": rank, "step": step, "epoch": epoch, "replicas": plan.replicas,
                 "accumulate": micro_steps,
-                "comm_bytes": round(transport.meter.total()),
+                "comm_bytes": round(transport.meter.total()), "data_bytes": round(transport.meter.data_bytes),
                 "comm": {k: round(v["fwd"] + v["bwd"]) for k, v in transport.meter.per_layer().items()}}
             if reporter:
                 images = total_batch / seconds
@@ -304,8 +313,11 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any], stop_request: StopRe
         bar.close()
         if preempted:
             break
-        if transport.mp_rank == plan.output_rank:  # one rank per replica reads for all of it
-            report_damage(getattr(loader, "damage", {}), damaged, log, metrics_path, rank, epoch, step)
+        damage = getattr(loader, "damage", {})
+        if loader.parts is not None:  # each rank met the bad samples of its own rows
+            damage = merged(transport.gather_objects(damage))
+        if transport.mp_rank == plan.output_rank:  # one rank per replica reports for all of it
+            report_damage(damage, damaged, log, metrics_path, rank, epoch, step)
         complete = taken == total
         skip = 0
         # eval.every > 1 skips the scoring of epochs between (the last one is always scored)
