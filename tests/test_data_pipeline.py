@@ -136,7 +136,7 @@ def test_batches_do_not_depend_on_the_number_of_workers(shard_dir) -> None:
 
 
 @pytest.mark.parametrize(("devices", "batch_size", "workers", "replicas"),
-                         [(2, 20, 0, 1), (3, 32, 0, 1), (3, 32, 2, 1), (4, 12, 0, 2)])
+                         [(2, 20, 0, 1), (3, 32, 0, 1), (3, 32, 2, 1), (4, 12, 0, 2), (4, 3, 0, 1)])
 def test_each_rank_decodes_its_rows_and_the_ranks_parts_join_into_the_whole_batch(
         shard_dir, devices, batch_size, workers, replicas) -> None:
     """Rank i of a replica's D ranks decodes rows row_parts(B, D)[i] of every batch, and only
@@ -147,17 +147,16 @@ def test_each_rank_decodes_its_rows_and_the_ranks_parts_join_into_the_whole_batc
     whole = batches(whole_loader)
     assert whole_loader.parts is None and len(whole) == N_TRAIN // (batch_size * replicas) - 1
     sizes = [batch_size // devices + (i < batch_size % devices) for i in range(devices)]
-    decoded = []
-    for rank, part in enumerate([loader(shard_dir, **common, **augmented, part=(r, devices)) for r in range(devices)]):
-        got = batches(part)
+    parts = [loader(shard_dir, **common, **augmented, part=(r, devices)) for r in range(devices)]
+    got = [batches(part) for part in parts]
+    for rank, part in enumerate(parts):
         assert part.parts == tuple(sizes)
-        assert [len(y) for _, y in got] == [sizes[rank]] * len(whole)
-        decoded.append(part.stats["decoded"])
-        for k, (x, y) in enumerate(got):
-            first = sum(sizes[:rank])
-            assert torch.equal(x, whole[k][0][first:first + sizes[rank]])
-            assert torch.equal(y, whole[k][1][first:first + sizes[rank]])
-    assert decoded == [n * len(whole) for n in sizes]  # 1/D of every batch, nothing more
+        shapes = [(p.dtype, len(p), len(y)) for p, _, y in got[rank]]
+        assert shapes == [(torch.uint8, sizes[rank], sizes[rank])] * len(whole)
+    assert [part.stats["decoded"] for part in parts] == [n * len(whole) for n in sizes]  # 1/D of every batch
+    for k, (x, y) in enumerate(whole):  # joined as the ranks' gather joins them, then finished
+        pixels, offsets, labels = (torch.cat([g[k][i] for g in got]) for i in range(3))
+        assert torch.equal(parts[0].finish(pixels, offsets), x) and torch.equal(labels, y)
     assert whole_loader.stats["decoded"] == batch_size * len(whole)
 
 
@@ -168,8 +167,8 @@ def test_ranks_fill_bad_rows_as_one_rank_does_and_each_bad_sample_is_counted_onc
     parts = [loader(root, batch_size=19, shuffle_buffer=0, pca_std=0.1, part=(r, 3)) for r in range(3)]
     got = [batches(p) for p in parts]
     for k, (x, y) in enumerate(whole):
-        assert torch.equal(torch.cat([g[k][0] for g in got]), x)
-        assert torch.equal(torch.cat([g[k][1] for g in got]), y)
+        pixels, offsets, labels = (torch.cat([g[k][i] for g in got]) for i in range(3))
+        assert torch.equal(parts[0].finish(pixels, offsets), x) and torch.equal(labels, y)
     assert whole_loader.stats["skipped"] == sum(p.stats["skipped"] for p in parts) == 2
     joined = merged(p.damage for p in parts)
     assert {k: (d.cut, d.undecodable) for k, d in joined.items()} == {str(shard.resolve()): (0, 2)}

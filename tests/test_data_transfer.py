@@ -19,7 +19,7 @@ def test_the_cpu_gets_neither():
 
 def test_a_batch_for_the_cpu_stays_where_it_is():
     x, y = torch.ones(2, 3), torch.arange(2)
-    moved = to_device(x, y, torch.device("cpu"), host_transfer(torch.device("cpu")))
+    moved = to_device([x, y], torch.device("cpu"), host_transfer(torch.device("cpu")))
     assert moved[0] is x and moved[1] is y
 
 

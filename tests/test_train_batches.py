@@ -77,8 +77,8 @@ def test_each_rank_trains_on_the_single_device_batch_having_decoded_a_third_of_i
         for (x, y), (wx, wy) in zip(got["batches"], want, strict=True):
             assert torch.equal(x, wx) and torch.equal(y, wy)
     plan = out["plan"]
-    # images float32 3x32x32 and int64 labels, each part padded to the largest (11 rows)
-    gathered = sum((ring_bytes("all_gather", 11 * row * 3, 3) for row in (3 * 32 * 32 * 4, 8)), Fraction(0))
+    # uint8 3x32x32 pixels, float32 RGB offsets and int64 labels, each part padded to the largest (11 rows)
+    gathered = sum((ring_bytes("all_gather", 11 * row * 3, 3) for row in (3 * 32 * 32, 3 * 4, 8)), Fraction(0))
     for rank in range(3):
         path = tmp_path / ("metrics.jsonl" if rank == plan.output_rank else f"logs/rank{rank}.metrics.jsonl")
         steps = [r for r in read_steps(path) if r["rank"] == rank]

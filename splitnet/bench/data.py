@@ -6,6 +6,15 @@ crops, the paper's setting). The JPEG images are smooth random fields (noise sca
 up), so they compress like photographs rather than like white noise. ``workers=0``
 decodes in the calling process; for W workers the rate is divided by W. Cases
 alternate over rounds; ratios are against the first case of the same round.
+
+Beside it, a second table (``data-decode``): one replica's data path on the JPEG training
+set at D = 1, 2 and 4 model-parallel ranks, every rank decoding the whole batch (as before
+decode once per replica) against each rank decoding its rows and all-gathering them (the
+default since), in D real ranks (simulate launcher, gloo) that run both ways in the same
+launch. The figure is images of the replica's batches per CPU-second of all its ranks
+together (``time.process_time``: gloo's threads included, the wait for a peer not; one
+intra-op thread per rank), the measure a machine shared with other jobs distorts least;
+``decode_s`` is the slowest rank's CPU seconds per batch.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +30,9 @@ import numpy as np
 
 from splitnet.bench.machine import machine
 from splitnet.bench.rounds import summarise
+
+DECODE_DEVICES = (1, 2, 4)
+MODES = {"all": "every rank decodes the whole batch", "once": "decode once: own rows + all-gather"}
 
 
 def smooth_images(n: int, side: int, seed: int = 0) -> np.ndarray:
@@ -47,7 +60,67 @@ def rate(data: dict[str, Any], *, split: str, image_size: int, batch_size: int, 
     return images / (time.perf_counter() - start) / max(1, workers)
 
 
-def run_data(cfg: dict[str, Any]) -> dict[str, Any]:
+def data_path_job(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, float]:
+    """Rank ``rank`` of a replica's ``world`` model-parallel ranks: the CPU seconds its data path
+    spends on ``batches`` training batches after one untimed batch, for each mode in order
+    (``all``: it decodes whole batches; ``once``: its rows, then the all-gather of the train loop)."""
+    from splitnet.comm import Transport
+    from splitnet.data import build_loader
+    from splitnet.data.transfer import host_transfer
+    from splitnet.partition.plan import Plan
+    from splitnet.train.loop import replica_batch
+
+    transport = Transport(Plan.from_dict(cfg["plan"]), rank)
+    move = host_transfer(transport.device)
+    spent = {}
+    for mode in cfg["modes"]:
+        loader = build_loader(cfg["data"] | {"workers": 0}, split="train", image_size=cfg["image_size"], channels=3,
+                              batch_size=cfg["batch_size"], replica=0, num_replicas=1, epoch=0, seed=0,
+                              part=(rank, world) if mode == "once" else (0, 1), cache_dir=cfg["cache_dir"])
+        batches = iter(loader)
+        for timed in (False, True):  # first the shard's opening and the group's first collective
+            start, images = time.process_time(), 0
+            for batch in islice(batches, cfg["batches"] if timed else 1):
+                images += len(replica_batch(batch, loader, transport, move)[1])
+        spent[mode] = time.process_time() - start
+        spent[f"{mode} images"] = images
+    return spent
+
+
+def decode_rounds(data: dict[str, Any], *, image_size: int, batch_size: int, batches: int, rounds_n: int,
+                  cache_dir: str, model: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
+    """Per round, per (D, mode): images per CPU-second of the replica's ranks, and the slowest
+    rank's CPU seconds per batch. D=1 has one mode: there is nothing to share."""
+    from splitnet.launchers.simulate import launch
+    from splitnet.model.spec import load_spec
+    from splitnet.partition import Mesh, make_plan
+
+    spec = load_spec(model)
+    rounds = []
+    for r in range(rounds_n):
+        print(f"round {r + 1}/{rounds_n}: decode once per replica", file=sys.stderr, flush=True)
+        measured: dict[str, dict[str, Any]] = {}
+        for devices in DECODE_DEVICES:
+            modes = ["all"] if devices == 1 else ["all", "once"] if r % 2 == 0 else ["once", "all"]
+            job = {"data": data, "image_size": image_size, "batch_size": batch_size, "batches": batches,
+                   "cache_dir": cache_dir, "modes": modes,
+                   "plan": make_plan(spec, {"strategy": "columns"}, Mesh(devices), batch_size).to_dict()}
+            # one intra-op thread per rank at every D: idle OpenMP threads spin, and their CPU time
+            # would be counted as the data path's
+            ranks = launch(data_path_job, devices, job, threads=1)
+            for mode in sorted(modes):
+                label = f"jpeg 256->224 train, D={devices}" + ("" if devices == 1 else f", {MODES[mode]}")
+                cpu = [rank[mode] for rank in ranks]
+                images = ranks[0][f"{mode} images"]
+                measured[label] = {"images_per_cpu_s": images / sum(cpu), "decode_s": max(cpu) * batch_size / images,
+                                   "devices": devices, "mode": mode}
+                print(f"    {label}: {measured[label]['images_per_cpu_s']:,.0f} images/CPU-s", file=sys.stderr,
+                      flush=True)
+        rounds.append(measured)
+    return rounds
+
+
+def run_data(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     from splitnet.data.shards import write_shard_set
     from splitnet.data.sources import ArraySource
 
@@ -85,8 +158,18 @@ def run_data(cfg: dict[str, Any]) -> dict[str, Any]:
                     print(f"    {label}: {measured[label]['images_per_s']:,.0f} images/s/worker", file=sys.stderr,
                           flush=True)
             rounds.append(measured)
+        between = machine()
+        decode = decode_rounds(jpeg, image_size=224, batch_size=small or 32, batches=batches, rounds_n=rounds_n,
+                               cache_dir=str(Path(tmp) / "cache"), model=cfg["model"])
     rows = summarise(rounds, next(iter(rounds[0])))
-    return {"suite": "data", "rows": rows, "machine": before | {"load_avg_after": machine()["load_avg"]},
-            "settings": {"images": n, "batches": batches, "workers": workers, "rounds": rounds_n, "smoke": smoke},
-            "title": "input pipeline: decode + augment, images/s per worker",
-            "xlabel": "rate relative to the embedded training pipeline, within each round"}
+    decode_rows = summarise(decode, next(iter(decode[0])), rate="images_per_cpu_s")
+    return [{"suite": "data", "rows": rows, "machine": before | {"load_avg_after": between["load_avg"]},
+             "settings": {"images": n, "batches": batches, "workers": workers, "rounds": rounds_n, "smoke": smoke},
+             "title": "input pipeline: decode + augment, images/s per worker",
+             "xlabel": "rate relative to the embedded training pipeline, within each round"},
+            {"suite": "data-decode", "rows": decode_rows, "rate": "images_per_cpu_s",
+             "machine": between | {"load_avg_after": machine()["load_avg"]},
+             "settings": {"images": n, "batch_size": small or 32, "batches": batches, "rounds": rounds_n,
+                          "devices": list(DECODE_DEVICES), "smoke": smoke},
+             "title": "one replica's data path at D ranks: images per CPU-second of all its ranks",
+             "xlabel": "rate relative to D=1, within each round"}]

@@ -19,6 +19,7 @@ COLUMNS = [
     ("images_per_cpu_s", "images/CPU-s", "{:,.1f}"),
     ("cpu_ratio", "CPU ratio (same round)", "{:.2f}"),
     ("step_s", "step s", "{:.3f}"),
+    ("decode_s", "CPU s/batch, slowest rank", "{:.3f}"),
     ("exchange_s", "in exchanges s", "{:.3f}"),
     ("blocked_s", "blocked s", "{:.3f}"),
     ("bytes_per_step", "bytes in/step/device", "{:,.0f}"),

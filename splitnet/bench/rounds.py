@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The per-step figures a contender may report beside its rate; medians over rounds.
-FIGURES = ("step_s", "cpu_s", "exchange_s", "blocked_s", "unblocked_exchange_s", "bytes_per_step")
+FIGURES = ("step_s", "cpu_s", "exchange_s", "blocked_s", "unblocked_exchange_s", "bytes_per_step", "decode_s")
 
 
 def summarise(rounds: Sequence[Mapping[str, Mapping[str, Any]]], baseline: str,
@@ -37,7 +37,7 @@ def summarise(rounds: Sequence[Mapping[str, Mapping[str, Any]]], baseline: str,
         row["ratio_max"] = max(ratios) if ratios else None
         cpu = [m[name]["images_per_cpu_s"] / m[baseline]["images_per_cpu_s"] for m in seen
                if "images_per_cpu_s" in m[name] and baseline in m]
-        if cpu:
+        if cpu and rate != "images_per_cpu_s":  # a rate per CPU-second already is this figure
             row["images_per_cpu_s"] = statistics.median(m[name]["images_per_cpu_s"] for m in seen)
             row["cpu_ratio"] = statistics.median(cpu)
         for figure in FIGURES:

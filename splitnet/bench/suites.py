@@ -12,7 +12,7 @@ from splitnet.keys import is_int, need, need_int
 from splitnet.train.preflight import check_comm
 
 
-def _suites() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+def _suites() -> dict[str, Callable[[dict[str, Any]], dict[str, Any] | list[dict[str, Any]]]]:
     from splitnet.bench.data import run_data
     from splitnet.bench.throughput import run_throughput
     from splitnet.bench.traffic import run_bytes
@@ -49,15 +49,16 @@ def run_suites(suite: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
         if name == "bytes" and results:  # ``all``: the throughput rounds just run already metered every byte
             from splitnet.bench.traffic import run_bytes
 
-            result = run_bytes(cfg, results[0])
+            made: dict[str, Any] | list[dict[str, Any]] = run_bytes(cfg, results[0])
         else:
-            result = table[name](cfg)
-        results.append(result)
-        if cfg.get("out"):
-            paths = write(result, cfg["out"])
-            print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr, flush=True)
-        if cfg.get("format") == "json":
-            print(json.dumps({k: v for k, v in result.items() if k != "rounds"}), flush=True)
-        else:
-            print(markdown(result), flush=True)
+            made = table[name](cfg)
+        for result in made if isinstance(made, list) else [made]:  # the data suite gives two tables
+            results.append(result)
+            if cfg.get("out"):
+                paths = write(result, cfg["out"])
+                print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr, flush=True)
+            if cfg.get("format") == "json":
+                print(json.dumps({k: v for k, v in result.items() if k != "rounds"}), flush=True)
+            else:
+                print(markdown(result), flush=True)
     return results

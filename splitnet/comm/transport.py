@@ -32,7 +32,7 @@ profile can tell its buffers from the layers' own tensors.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -236,17 +236,16 @@ class Transport:
         self.wait(dist.all_reduce(value, op=dist.ReduceOp.MAX, async_op=True), what, "all_reduce")
         return bool(value.item())
 
-    def gather_batch(self, images: torch.Tensor, labels: torch.Tensor,
-                     sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The replica's input batch from its model-parallel ranks' rows of it (rank i decoded
-        ``sizes[i]`` rows; joined in rank order). The rows travel in their own dtype (float32
-        images: the batch is bitwise the one a single rank decodes whole), each part padded to
-        the largest, and are metered as a data transfer (``Meter.record_data``), not as an
-        exchange of the plan."""
+    def gather_rows(self, tensors: Sequence[torch.Tensor], sizes: tuple[int, ...]) -> list[torch.Tensor]:
+        """The replica's input batch from its model-parallel ranks' rows of it: each of
+        ``tensors`` (pixels, labels, ...) joined along rows in rank order, rank i holding
+        ``sizes[i]`` rows. Rows travel in their own dtype (never the compute dtype: the batch
+        is bitwise the one a single rank decodes whole), each part padded to the largest, and
+        are metered as a data transfer (``Meter.record_data``), not as an exchange of the plan."""
         ranks = tuple(range(self.mesh.devices))
         group = self._collective(self.group(ranks))
         pending = []
-        for x in (images, labels):
+        for x in tensors:
             x = _pad(x, 0, max(sizes))
             parts = [torch.empty_like(x) for _ in ranks]
             pending.append((dist.all_gather(parts, x, group=group, async_op=True), parts))
@@ -255,7 +254,7 @@ class Transport:
         for work, parts in pending:
             self.wait(work, "data", "all_gather of the input batch")
             joined.append(torch.cat([p.narrow(0, 0, n) for p, n in zip(parts, sizes, strict=True)]))
-        return joined[0], joined[1]
+        return joined
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every model-parallel rank's ``obj`` (picklable), in rank order: a rare record such as

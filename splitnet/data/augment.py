@@ -125,9 +125,20 @@ class Augmenter:
 
     def batch(self, crops: Sequence[np.ndarray], offsets: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack to float32 [B, C, S, S] (or [B, crops, C, S, S]), add colour noise, normalise."""
-        # Channels move first while still uint8 (a quarter of the bytes of float32), then
-        # one scale and one shift: (x/255 + noise - mean) / std.
-        x = torch.from_numpy(np.stack(crops)).movedim(-1, -3).contiguous().float()
-        shift = torch.from_numpy(np.stack(offsets)).view(-1, *[1] * (x.dim() - 4), 3, 1, 1)
-        std = self.std if self.std is not None else torch.ones(3, 1, 1)
-        return x.mul_(1.0 / (255.0 * std)).add_((shift - self.mean) / std)
+        return self.finish(*self.pixels(crops, offsets))
+
+    @staticmethod
+    def pixels(crops: Sequence[np.ndarray], offsets: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The crops as uint8 [B, (crops,) C, S, S] and their float32 RGB offsets [B, 3]: a batch
+        before ``finish``, a quarter of its bytes (what the ranks of a replica all-gather)."""
+        # Channels move first while still uint8
+        return torch.from_numpy(np.stack(crops)).movedim(-1, -3).contiguous(), torch.from_numpy(np.stack(offsets))
+
+    def finish(self, pixels: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels and their offsets -> float32 inputs, on the pixels' device, in one scale
+        and one shift: (x/255 + noise - mean) / std."""
+        x = pixels.float()
+        shift = offsets.view(-1, *[1] * (x.dim() - 4), 3, 1, 1)
+        mean = self.mean.to(x.device)
+        std = self.std.to(x.device) if self.std is not None else torch.ones(3, 1, 1, device=x.device)
+        return x.mul_(1.0 / (255.0 * std)).add_((shift - mean) / std)

@@ -18,8 +18,9 @@ does not change a run; per-position generators also let a resumed epoch skip bat
 without decoding them.
 
 Decode once per replica (train): given ``part=(i, D)``, rank i of a replica's D
-model-parallel ranks decodes and augments only its rows of each batch (``row_parts``)
-and yields them; the ranks then all-gather the rows (comm/, a data transfer) into the
+model-parallel ranks decodes and crops only its rows of each batch (``row_parts``) and
+yields them as uint8 pixels with their colour offsets; the ranks all-gather the rows
+(comm/, a data transfer of a quarter of float32's bytes) and ``finish`` them into the
 batch a single rank would have decoded whole, bitwise, since every row's randomness
 follows its position. ``pin_memory``: batches arrive in page-locked host memory, so
 their copy to a CUDA device can run asynchronously (``splitnet.data.transfer``).
@@ -276,10 +277,11 @@ class ReplicaStream(IterableDataset):
         """The position in the sequence of the replica's batch ``k``: its part of global batch k."""
         return (k * self.num_replicas + self.replica) * self.batch_size
 
-    def batch(self, k: int, raw: list[tuple[str, dict[str, Any]]]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def batch(self, k: int, raw: list[tuple[str, dict[str, Any]]]) -> tuple[torch.Tensor, ...] | None:
         """This stream's rows of batch ``k`` (train: its part; val: all) from the batch's raw
-        samples (positions k*B ...), decoded and augmented; None for a val batch without one
-        readable sample."""
+        samples (positions k*B ...), decoded and augmented: (images, labels), or for one part
+        of several (uint8 pixels, offsets, labels) that ``Augmenter.finish`` completes after
+        the ranks' gather; None for a val batch without one readable sample."""
         tried: dict[int, tuple[np.ndarray, int] | None] = {}
         lo, hi = self.own[0], min(self.own[1], len(raw))  # val: the last batch may be short
 
@@ -310,9 +312,10 @@ class ReplicaStream(IterableDataset):
                 rows.append((i, item))
         if not rows and not self.train:
             return None
-        if not rows:  # a part of no rows: a batch smaller than the replica's ranks
+        if not rows:  # one part of several, with no rows: a batch smaller than the replica's ranks
             size = self.augmenter.size
-            return torch.empty(0, 3, size, size), torch.empty(0, dtype=torch.int64)
+            pixels = torch.empty(0, 3, size, size, dtype=torch.uint8)
+            return pixels, torch.empty(0, 3), torch.empty(0, dtype=torch.int64)
         crops: list[np.ndarray] = []
         offsets: list[np.ndarray] = []
         first = self.first(k)
@@ -322,6 +325,8 @@ class ReplicaStream(IterableDataset):
             crops.append(crop)
             offsets.append(offset)
         labels = torch.tensor([label for _, (_, label) in rows], dtype=torch.int64)
+        if len(self.sizes) > 1:
+            return (*self.augmenter.pixels(crops, offsets), labels)
         return self.augmenter.batch(crops, offsets), labels
 
 
@@ -329,7 +334,8 @@ class ShardLoader:
     """``len()`` batches of (images, labels); ``stats`` counts skipped bad samples and decoded
     images, and ``damage`` names each shard that lost samples (``Damage``) so the loop can
     report it. ``parts``: the rows each rank of the replica decodes when this loader yields
-    one rank's part of every batch (the ranks all-gather the rest), else None."""
+    one rank's part of every batch, as (uint8 pixels, offsets, labels) that the ranks
+    all-gather and ``finish``; else None, and it yields (images, labels)."""
 
     synthetic = False
 
@@ -338,13 +344,14 @@ class ShardLoader:
         self.workers = workers
         self.pin_memory = pin_memory
         self.parts = stream.sizes if len(stream.sizes) > 1 else None
+        self.finish = stream.augmenter.finish
         self.stats: dict[str, int] = {"skipped": 0, "decoded": 0, "batches": 0}
         self.damage: dict[str, Damage] = {}
 
     def __len__(self) -> int:
         return self.stream.n_batches - self.stream.start
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         self.stats = {"skipped": 0, "decoded": 0, "batches": 0}
         self.damage = {}
         self.stream.skipped = self.stream.decoded = 0
@@ -362,7 +369,7 @@ class ShardLoader:
             if isinstance(item, DataError):
                 failure = item
                 break
-            images, labels, role, skipped, decoded, damage = item
+            *batch, role, skipped, decoded, damage = item
             # Each worker process counts its own skips; the latest count per stream is its total.
             skipped_by_role[role] = skipped
             decoded_by_role[role] = decoded
@@ -372,8 +379,8 @@ class ShardLoader:
             self.damage = merged(damage_by_role.values())
             self.stats["batches"] += 1
             if self.pin_memory and not self.workers:  # DataLoader's own pin thread serves workers
-                images, labels = images.pin_memory(), labels.pin_memory()
-            yield images, labels
+                batch = [t.pin_memory() for t in batch]
+            yield tuple(batch)
         if failure is not None:
             raise failure
 

@@ -9,6 +9,7 @@ need a CUDA driver and buy nothing, and a copy to the CPU is never asynchronous.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,5 @@ def host_transfer(device: torch.device) -> HostTransfer:
     return HostTransfer(pin_memory=cuda, non_blocking=cuda)
 
 
-def to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-              transfer: HostTransfer) -> tuple[torch.Tensor, torch.Tensor]:
-    return (images.to(device, non_blocking=transfer.non_blocking),
-            labels.to(device, non_blocking=transfer.non_blocking))
+def to_device(tensors: Sequence[torch.Tensor], device: torch.device, transfer: HostTransfer) -> list[torch.Tensor]:
+    return [t.to(device, non_blocking=transfer.non_blocking) for t in tensors]

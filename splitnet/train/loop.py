@@ -31,9 +31,9 @@ import torch
 
 from splitnet.comm import Transport
 from splitnet.comm.exchange import combine_metrics
-from splitnet.data import build_loader
+from splitnet.data import ShardLoader, SyntheticLoader, build_loader
 from splitnet.data.pipeline import merged
-from splitnet.data.transfer import host_transfer, to_device
+from splitnet.data.transfer import HostTransfer, host_transfer, to_device
 from splitnet.errors import SplitnetError
 from splitnet.model.spec import ModelSpec
 from splitnet.partition.plan import Plan
@@ -150,6 +150,18 @@ def evaluate(shard: ShardNet, transport: Transport, spec: ModelSpec, plan: Plan,
     return summarize(combine_metrics(counts, transport, plan.output_rank), spec.num_classes, crops)
 
 
+def replica_batch(batch: tuple[torch.Tensor, ...], loader: ShardLoader | SyntheticLoader, transport: Transport,
+                  move: HostTransfer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (images, labels) this rank trains on, on its device: the loader's batch, or where each
+    rank of the replica decoded its own rows (``loader.parts``), all the ranks' rows gathered
+    (uint8 pixels: a quarter of the bytes of float32) and finished into float32 images."""
+    moved = to_device(batch, transport.device, move)
+    if loader.parts is None:
+        return moved[0], moved[1]
+    pixels, offsets, labels = transport.gather_rows(moved, loader.parts)
+    return loader.finish(pixels, offsets), labels
+
+
 class RankError(SplitnetError):
     """A ``SplitnetError`` a training rank met, its message pointing at the rank's log."""
 
@@ -263,16 +275,14 @@ def _train(rank: int, world_size: int, cfg: dict[str, Any], stop_request: StopRe
         bar = tqdm(total=len(loader) + skip, initial=skip, disable=not reporter, desc=f"epoch {epoch + 1}",
                    unit="step", dynamic_ncols=True, leave=True, file=sys.stderr)
         total, taken = len(loader) + skip, skip
-        for x, y in loader:
+        for batch in loader:
             lr = schedule.lr(step)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
             transport.meter.reset()
             t0 = time.perf_counter()
-            x, y = to_device(x, y, transport.device, move)
-            if loader.parts is not None:
-                x, y = transport.gather_batch(x, y, loader.parts)
+            x, y = replica_batch(batch, loader, transport, move)
             if tcfg.get("channels_last"):
                 x = x.contiguous(memory_format=torch.channels_last)
             result = accumulated_step(shard, x, y, transport, step, micro_steps)
