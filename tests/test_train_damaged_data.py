@@ -3,8 +3,10 @@ per run, in the rank's log and in metrics.jsonl, and training goes on with the r
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,31 @@ def test_a_truncated_shard_among_readable_ones_is_named_once_and_training_goes_o
     assert 0 < lost < 30 and "unreadable tar data" in damaged[0]["reason"]
     log = (run / "logs" / "rank0.log").read_text()
     assert log.count(f"data: skipped {lost} sample(s) of {broken} (unreadable tar data") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bad_samples_in_every_ranks_rows_are_reported_by_the_reporting_rank(tmp_path):
+    """Each of 2 devices decodes only its rows, so each meets only its rows' bad samples; the
+    report (one rank's) joins them: all 10 garbage images, none twice."""
+    root = Path(shard_set(tmp_path / "set", 60, 20, 36))
+    shard = (root / "train-000000.tar").resolve()
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    garbage = sorted(m.name for m, _ in members if m.name.endswith(".png"))[:10]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            data = b"\x89PNG garbage" if member.name in garbage else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    run = tmp_path / "run"
+    out = train(run, "data=cifar10", f"data.root={root}", "mesh.devices=2", "batch_size=10", "train.epochs=1",
+                "eval.enabled=false", "optim.schedule=constant", "comm.timeout_s=60")
+    assert out["final"]["step"] == 6  # every sample once, each in one rank's rows
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    damaged = [r for r in records if r["kind"] == "data_skipped"]
+    assert [(r["file"], r["samples"]) for r in damaged] == [(str(shard), 10)]
+    assert "undecodable .png" in damaged[0]["reason"]
 
 
 @pytest.mark.slow
