@@ -66,6 +66,9 @@ def test_run_folder_holds_metrics_logs_pictures_and_checkpoints(embedded_run):
         for r in steps:  # the meter's per-step, per-layer bytes are the plan's
             assert r["comm"] == {k: round(f + b) for k, (f, b) in expected.items()}
             assert r["comm_bytes"] == round(sum((f + b for f, b in expected.values()), Fraction(0)))
+            # each device decoded 64 of the 128 rows and received the other's: uint8 3x32x32
+            # pixels, 3 float32 colour offsets and an int64 label a row, counted apart as data
+            assert r["data_bytes"] == 64 * (3 * 32 * 32 + 3 * 4 + 8)
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1]
     for name in ("curves.png", "plan.png", "plan.json", "plan.txt", "logs/rank0.log", "logs/rank1.log"):
