@@ -13,7 +13,8 @@ part, so the samples of step k are a function of (seed, epoch, k) alone: a job t
 continues on fewer replicas (with more accumulation) trains on the same batches. With
 one replica this is the replica's sequence as it always was. Every random choice is a
 function of (seed, epoch, sample position), never of the rank or the number of workers,
-so the ranks of a model-parallel group yield identical batches and ``data.workers``
+so the ranks of a model-parallel group get identical batches (each whole, or each its
+rows of them) and ``data.workers``
 does not change a run; per-position generators also let a resumed epoch skip batches
 without decoding them.
 
