@@ -35,21 +35,27 @@ def test_a_truncated_shard_among_readable_ones_is_named_once_and_training_goes_o
     assert log.count(f"data: skipped {lost} sample(s) of {broken} (unreadable tar data") == 1
 
 
+def spoil_images(shard: Path, n: int) -> Path:
+    """Overwrite the first ``n`` images of ``shard`` (by key) with bytes no decoder reads."""
+    shard = shard.resolve()
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    garbage = sorted(m.name for m, _ in members if m.name.endswith(".png"))[:n]
+    with tarfile.open(shard, "w") as tar:
+        for member, data in members:
+            data = b"\x89PNG garbage" if member.name in garbage else data
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return shard
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bad_samples_in_every_ranks_rows_are_reported_by_the_reporting_rank(tmp_path):
     """Each of 2 devices decodes only its rows, so each meets only its rows' bad samples; the
     report (one rank's) joins them: all 10 garbage images, none twice."""
     root = Path(shard_set(tmp_path / "set", 60, 20, 36))
-    shard = (root / "train-000000.tar").resolve()
-    with tarfile.open(shard) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    garbage = sorted(m.name for m, _ in members if m.name.endswith(".png"))[:10]
-    with tarfile.open(shard, "w") as tar:
-        for member, data in members:
-            data = b"\x89PNG garbage" if member.name in garbage else data
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
+    shard = spoil_images(root / "train-000000.tar", 10)
     run = tmp_path / "run"
     out = train(run, "data=cifar10", f"data.root={root}", "mesh.devices=2", "batch_size=10", "train.epochs=1",
                 "eval.enabled=false", "optim.schedule=constant", "comm.timeout_s=60")
@@ -79,3 +85,22 @@ def test_a_training_set_with_nothing_readable_is_the_jobs_one_line(tmp_path, cap
     rank = errors[0].split("rank ")[1][0]
     log = (run / "logs" / f"rank{rank}.log").read_text()
     assert "Traceback (most recent call last)" in log and "DataError: no readable sample" in log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_bad_sample_raised_by_the_one_rank_that_decodes_it_is_the_jobs_one_line(tmp_path, capsys):
+    """Only the rank whose row the sample is decodes it; its peer waits in the batch's gather
+    and must not hang there, nor be the error the job reports."""
+    root = Path(shard_set(tmp_path / "set", 60, 20, 36))
+    shard = spoil_images(root / "train-000000.tar", 1)
+    run = tmp_path / "run"
+    rc = main(["train", "data=cifar10", f"data.root={root}", "data.on_error=raise", "mesh.devices=2", "batch_size=10",
+               "train.epochs=1", "eval.enabled=false", "optim.schedule=constant", "comm.timeout_s=60",
+               f"hydra.run.dir={run}"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and re.match(
+        rf"splitnet train: error: rank [01]: {shard}: sample '\d+': undecodable \.png: .* \(data\.on_error=raise; ",
+        errors[0]), err
