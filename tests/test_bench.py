@@ -68,7 +68,8 @@ def test_every_suite_runs_in_smoke_mode_and_moves_exactly_the_bytes_it_must(tmp_
     rc = main(["bench", "all", "bench.smoke=true", f"bench.contenders=[{','.join(SMOKE)}]", "format=json",
                f"out={tmp_path}"])
     assert rc == 0
-    throughput, traffic, data, decode = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    throughput, traffic, data, decode, decode_embedded = (json.loads(line)
+                                                         for line in capsys.readouterr().out.splitlines())
     names = [r["name"] for r in throughput["rows"]]
     assert names[0] == "reference (1 process)" and len(names) == len(SMOKE)
     assert throughput["rows"][0]["ratio"] == 1.0
@@ -88,14 +89,16 @@ def test_every_suite_runs_in_smoke_mode_and_moves_exactly_the_bytes_it_must(tmp_
     assert by_key["columns_gather"]["ratio"] == pytest.approx(by_key["columns_gather"]["bytes_per_step"] / (4 * params))
     assert len(data["rows"]) == 2 and all(r["images_per_s"] > 0 for r in data["rows"])
     # one replica's data path at D = 1, 2, 4: D=1, then every rank decoding and decode once per D
-    assert [(r["devices"], r["mode"]) for r in decode["rows"]] == [(1, "all"), (2, "all"), (2, "once"), (4, "all"),
-                                                                   (4, "once")]
-    assert all(r["images_per_cpu_s"] > 0 and r["decode_s"] > 0 for r in decode["rows"])
-    assert decode["rows"][0]["ratio"] == 1.0
-    for suite in ("throughput", "bytes", "data", "data-decode"):
+    for table in (decode, decode_embedded):
+        assert [(r["devices"], r["mode"]) for r in table["rows"]] == [(1, "all"), (2, "all"), (2, "once"),
+                                                                      (4, "all"), (4, "once")]
+        assert all(r["images_per_cpu_s"] > 0 and r["decode_s"] > 0 for r in table["rows"])
+        assert table["rows"][0]["ratio"] == 1.0
+    for suite in ("throughput", "bytes", "data", "data-decode", "data-decode-embedded"):
         assert json.loads((tmp_path / f"{suite}.json").read_text())["suite"] == suite
         table = (tmp_path / f"{suite}.md").read_text()
-        rows = {"throughput": names, "bytes": names, "data": data["rows"], "data-decode": decode["rows"]}[suite]
+        rows = {"throughput": names, "bytes": names, "data": data["rows"], "data-decode": decode["rows"],
+                "data-decode-embedded": decode_embedded["rows"]}[suite]
         assert table.count("\n| ") == 2 + len(rows)  # the header, the rule, a line per row
         assert (tmp_path / f"{suite}.png").read_bytes()[:4] == b"\x89PNG"
     assert "images/s" not in (tmp_path / "bytes.md").read_text()  # a bytes table shows bytes, not rates

@@ -7,14 +7,15 @@ up), so they compress like photographs rather than like white noise. ``workers=0
 decodes in the calling process; for W workers the rate is divided by W. Cases
 alternate over rounds; ratios are against the first case of the same round.
 
-Beside it, a second table (``data-decode``): one replica's data path on the JPEG training
-set at D = 1, 2 and 4 model-parallel ranks, every rank decoding the whole batch (as before
-decode once per replica) against each rank decoding its rows and all-gathering them (the
-default since), in D real ranks (simulate launcher, gloo) that run both ways in the same
-launch. The figure is images of the replica's batches per CPU-second of all its ranks
-together (``time.process_time``: gloo's threads included, the wait for a peer not; one
-intra-op thread per rank), the measure a machine shared with other jobs distorts least;
-``decode_s`` is the slowest rank's CPU seconds per batch.
+Beside it, two more tables (``data-decode``: the JPEG training set; ``data-decode-embedded``:
+the embedded digits): one replica's data path at D = 1, 2 and 4 model-parallel ranks, every
+rank decoding the whole batch (as before decode once per replica) against each rank
+decoding its rows and all-gathering them (the default since), in D real ranks (simulate
+launcher, gloo) that run both ways in the same launch. The figure is images of the
+replica's batches per CPU-second of all its ranks together (``time.process_time``: gloo's
+threads included, the wait for a peer not; one intra-op thread per rank), the measure a
+machine shared with other jobs distorts least; ``decode_s`` is the slowest rank's CPU
+seconds per batch.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def data_path_job(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, float
     return spent
 
 
-def decode_rounds(data: dict[str, Any], *, image_size: int, batch_size: int, batches: int, rounds_n: int,
-                  cache_dir: str, model: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
+def decode_rounds(name: str, data: dict[str, Any], *, image_size: int, batch_size: int, batches: int,
+                  rounds_n: int, cache_dir: str, model: dict[str, Any]) -> list[dict[str, dict[str, Any]]]:
     """Per round, per (D, mode): images per CPU-second of the replica's ranks, and the slowest
     rank's CPU seconds per batch. D=1 has one mode: there is nothing to share."""
     from splitnet.launchers.simulate import launch
@@ -98,7 +99,7 @@ def decode_rounds(data: dict[str, Any], *, image_size: int, batch_size: int, bat
     spec = load_spec(model)
     rounds = []
     for r in range(rounds_n):
-        print(f"round {r + 1}/{rounds_n}: decode once per replica", file=sys.stderr, flush=True)
+        print(f"round {r + 1}/{rounds_n}: decode once per replica, {name}", file=sys.stderr, flush=True)
         measured: dict[str, dict[str, Any]] = {}
         for devices in DECODE_DEVICES:
             modes = ["all"] if devices == 1 else ["all", "once"] if r % 2 == 0 else ["once", "all"]
@@ -109,7 +110,7 @@ def decode_rounds(data: dict[str, Any], *, image_size: int, batch_size: int, bat
             # would be counted as the data path's
             ranks = launch(data_path_job, devices, job, threads=1)
             for mode in sorted(modes):
-                label = f"jpeg 256->224 train, D={devices}" + ("" if devices == 1 else f", {MODES[mode]}")
+                label = f"{name}, D={devices}" + ("" if devices == 1 else f", {MODES[mode]}")
                 cpu = [rank[mode] for rank in ranks]
                 images = ranks[0][f"{mode} images"]
                 measured[label] = {"images_per_cpu_s": images / sum(cpu), "decode_s": max(cpu) * batch_size / images,
@@ -159,17 +160,24 @@ def run_data(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                           flush=True)
             rounds.append(measured)
         between = machine()
-        decode = decode_rounds(jpeg, image_size=224, batch_size=small or 32, batches=batches, rounds_n=rounds_n,
-                               cache_dir=str(Path(tmp) / "cache"), model=cfg["model"])
-    rows = summarise(rounds, next(iter(rounds[0])))
-    decode_rows = summarise(decode, next(iter(decode[0])), rate="images_per_cpu_s")
-    return [{"suite": "data", "rows": rows, "machine": before | {"load_avg_after": between["load_avg"]},
-             "settings": {"images": n, "batches": batches, "workers": workers, "rounds": rounds_n, "smoke": smoke},
-             "title": "input pipeline: decode + augment, images/s per worker",
-             "xlabel": "rate relative to the embedded training pipeline, within each round"},
-            {"suite": "data-decode", "rows": decode_rows, "rate": "images_per_cpu_s",
-             "machine": between | {"load_avg_after": machine()["load_avg"]},
-             "settings": {"images": n, "batch_size": small or 32, "batches": batches, "rounds": rounds_n,
-                          "devices": list(DECODE_DEVICES), "smoke": smoke},
-             "title": "one replica's data path at D ranks: images per CPU-second of all its ranks",
-             "xlabel": "rate relative to D=1, within each round"}]
+        results = [{"suite": "data", "rows": summarise(rounds, next(iter(rounds[0]))),
+                    "machine": before | {"load_avg_after": between["load_avg"]},
+                    "settings": {"images": n, "batches": batches, "workers": workers, "rounds": rounds_n,
+                                 "smoke": smoke},
+                    "title": "input pipeline: decode + augment, images/s per worker",
+                    "xlabel": "rate relative to the embedded training pipeline, within each round"}]
+        # the two training pipelines: JPEG photographs' size, and the default set's small PNGs
+        for suite, name, data, size, batch in [("data-decode", "jpeg 256->224 train", jpeg, 224, 32),
+                                               ("data-decode-embedded", "embedded 36->32 train", embedded, 32, 128)]:
+            decode = decode_rounds(name, data, image_size=size, batch_size=small or batch, batches=batches,
+                                   rounds_n=rounds_n, cache_dir=str(Path(tmp) / "cache"), model=cfg["model"])
+            after = machine()
+            results.append({"suite": suite, "rows": summarise(decode, next(iter(decode[0])), rate="images_per_cpu_s"),
+                            "rate": "images_per_cpu_s", "machine": between | {"load_avg_after": after["load_avg"]},
+                            "settings": {"images": n, "batch_size": small or batch, "batches": batches,
+                                         "rounds": rounds_n, "devices": list(DECODE_DEVICES), "smoke": smoke},
+                            "title": f"one replica's data path ({name}) at D ranks: images per CPU-second of all "
+                                     "its ranks",
+                            "xlabel": "rate relative to D=1, within each round"})
+            between = after
+    return results
