@@ -188,8 +188,9 @@ def test_report_marks_convergence_final_training_loss_and_best_beside_final(tmp_
     assert [(r["converged"], r["final_train_loss"]) for r in runs] == \
         [(True, pytest.approx(0.99)), (False, pytest.approx(1.1)), (False, pytest.approx(1.0))]
     text = markdown(s)
-    assert "| 0 | done | 10 | 80.0 | 90.0 | 100.0 | 100.0 | 0.390 | 0.990 | yes |" in text
-    assert "| 1 | done | 10 | 80.0 | 90.0 | 100.0 | 100.0 | 0.500 | 1.100 | no |" in text
+    # last fall: (1.0 - 0.99) / 1.0 and (1.8 - 1.3) / 1.8, in percent
+    assert "| 0 | done | 10 | 80.0 | 90.0 | 100.0 | 100.0 | 0.390 | 0.990 | 1 | yes |" in text
+    assert "| 1 | done | 10 | 80.0 | 90.0 | 100.0 | 100.0 | 0.500 | 1.100 | 28 | no |" in text
 
 
 def test_a_two_factor_sweep_gets_a_grid_with_the_best_row_per_column_and_the_gain_per_row(tmp_path):

@@ -194,3 +194,18 @@ def test_a_claim_on_two_scorings_of_one_run_pairs_each_run_with_itself(tmp_path)
     assert result["effect"] == round(100 * mean, 2)
     assert result["interval"] == [round(100 * low, 2), round(100 * high, 2)]
     assert result["seeds"] == ["0", "1", "2"] and result["runs"] == 3 and result["converged_runs"] == 3
+
+
+def test_noise_zero_judges_with_the_convergence_rule_without_its_noise_allowance(tmp_path, capsys):
+    noisy = [[v] for v in (0.10, 0.04, 0.09, 0.05, 0.07, 0.02, 0.08, 0.03, 0.07, 0.05)]  # 0.07 -> 0.05, 2 se 0.032
+    for seed in range(3):
+        for setting, acc, losses in (("True", 0.6 + 0.01 * seed, noisy), ("False", 0.5, [[1.0]] * 5 + [[0.995]] * 5)):
+            write_run(tmp_path / "augment", [f"data.augment={setting}", f"seed={seed}"], [None] * 9 + [(acc, 1.0, 0.5)],
+                      losses, planned=10)
+    assert judge_all(tmp_path)[0]["seeds"] == ["0", "1", "2"]
+    strict = judge_all(tmp_path, noise=0.0)[0]
+    assert strict["verdict"] == "not measured" and strict["seeds"] == [] and strict["converged_runs"] == 3
+    assert main([str(tmp_path), "noise=0"]) == 0
+    assert json.loads(capsys.readouterr().out)[0] == strict
+    assert main([str(tmp_path), "nose=0"]) == 2
+    assert "unknown option(s) ['nose']" in capsys.readouterr().err

@@ -72,6 +72,7 @@ class Run:
     params: int | None = None
     bytes_per_step: float | None = None
     sizes: list[dict[str, int]] = field(default_factory=list)  # where the replicas or accumulation changed
+    noise: float = NOISE  # the convergence rule's noise allowance (0: the rule without it)
 
     @property
     def scored(self) -> list[dict[str, Any]]:
@@ -81,7 +82,7 @@ class Run:
     @property
     def converged(self) -> bool:
         """A finished run whose training loss has stopped falling (see WINDOW, REL_TOL, ABS_TOL)."""
-        return self.status == "done" and has_converged(self.train_loss)
+        return self.status == "done" and has_converged(self.train_loss, noise=self.noise)
 
     def value(self, key: str) -> float | None:
         """A summary number by name: top1, top5 (final; top1_centre: the centre crop alone),
@@ -96,6 +97,8 @@ class Run:
             return max((e[key[5:]] for e in scored), default=None)
         if key == "train_loss":
             return self.train_loss[-1] if self.train_loss else None
+        if key == "last_fall":
+            return last_fall(self.train_loss)
         if key == "gap":
             # the training loss of the epoch that was last scored, against its validation loss
             if not last or not self.train_loss:
@@ -118,6 +121,15 @@ def has_converged(train_loss: list[float], window: int = WINDOW, rel_tol: float 
     se = math.sqrt((statistics.variance(last) + statistics.variance(before)) / window)
     fall = statistics.fmean(before) - statistics.fmean(last)
     return fall <= max(rel_tol * statistics.fmean(before), abs_tol, noise * se)
+
+
+def last_fall(train_loss: list[float], window: int = WINDOW) -> float | None:
+    """How much the mean training loss of the last ``window`` epochs fell below the ``window``
+    before, as a fraction of the earlier mean (negative: it rose); None for fewer epochs."""
+    if len(train_loss) < 2 * window:
+        return None
+    before = statistics.fmean(train_loss[-2 * window:-window])
+    return (before - statistics.fmean(train_loss[-window:])) / before if before else None
 
 
 @dataclass
@@ -347,6 +359,10 @@ def _mean_std(stats: tuple[float, float | None, int] | None, scale: float = 100.
     return format(mean * scale, fmt) + ("" if std is None else " ± " + format(std * scale, fmt))
 
 
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -357,22 +373,24 @@ def markdown(sweep: Sweep) -> str:
     diff = loss_difference(sweep)
     any_bytes = any(r.bytes_per_step for r in sweep.runs)
     header = ["run", *sweep.varied, "status", "epochs", "top-1 % final", "top-1 % best", "top-5 % final",
-              "top-5 % best", "loss gap", "train loss final", "converged", "wall s", "img/s", "params",
+              "top-5 % best", "loss gap", "train loss final", "last fall %", "converged", "wall s", "img/s", "params",
               *(["MB/step"] if any_bytes else []), "Δloss"]
     rows = []
     for r in sweep.runs:
         rows.append([r.name, *(r.overrides.get(k, "") for k in sweep.varied), r.status,
                      _num(r.value("epochs"), ".0f"), _pct(r.value("top1")), _pct(r.value("best_top1")),
                      _pct(r.value("top5")), _pct(r.value("best_top5")), _num(r.value("gap")),
-                     _num(r.value("train_loss")), ("yes" if r.converged else "no") if r.status == "done" else "",
+                     _num(r.value("train_loss")), _num(_scaled(r.value("last_fall"), 100), ".0f"),
+                     ("yes" if r.converged else "no") if r.status == "done" else "",
                      _num(r.wall_s, ".0f"), _num(r.images_per_s, ".0f"),
                      "" if r.params is None else f"{r.params:,}",
                      *([_num((r.bytes_per_step or 0) / 1e6, ".2f")] if any_bytes else []),
                      "" if diff[r.name] is None else f"{diff[r.name]:.1e}"])
     out = [f"# Sweep {sweep.root}", "", _table(header, rows), "",
            "top-1/top-5: held-out accuracy; loss gap: training loss (mean over the last epoch's steps) minus "
-           "validation loss; converged: the training loss stopped falling (mean of the last "
-           f"{WINDOW} epochs within {REL_TOL:.0%} or {ABS_TOL} of the {WINDOW} before); wall s: first to last "
+           f"validation loss; last fall: how much the mean training loss of the last {WINDOW} epochs fell below "
+           f"the {WINDOW} before; converged: it stopped falling (within {REL_TOL:.0%}, {ABS_TOL}, or "
+           f"{NOISE:g} standard errors of the two means' difference); wall s: first to last "
            "log line; img/s: median training throughput; MB/step: bytes "
            "every rank received per step, summed; Δloss: largest per-step training-loss difference from the "
            "first run with the same seed (0 or round-off: the same network was trained)."]
@@ -441,7 +459,7 @@ def to_json(sweep: Sweep) -> dict[str, Any]:
         d = asdict(r)
         d.pop("step_loss")
         d.update({k: r.value(k) for k in ("top1", "top5", "best_top1", "best_top5", "gap")})
-        d.update(converged=r.converged, final_train_loss=r.value("train_loss"))
+        d.update(converged=r.converged, final_train_loss=r.value("train_loss"), last_fall=r.value("last_fall"))
         d["loss_difference"] = diff[r.name]
         runs.append(d)
     settings = [{"overrides": s.overrides, "runs": [r.name for r in s.runs],

@@ -16,10 +16,12 @@ verdict "reproduced" when every seed whose runs all converged has them equal (wi
 "contradicted"; "not measured" without such a seed. Its ``effect`` is the largest difference
 over those seeds, its ``interval`` null.
 
-    python -m splitnet.report.verdict SWEEPS_ROOT [out=FILE]
+    python -m splitnet.report.verdict SWEEPS_ROOT [out=FILE] [noise=N]
 
 reads ``SWEEPS_ROOT/<sweep>`` for every claim in ``CLAIMS`` and prints the list, or writes it
-to FILE with its picture beside it (FILE's name, ``.png``).
+to FILE with its picture beside it (FILE's name, ``.png``). ``noise=0`` judges with the
+convergence rule's noise allowance dropped (``splitnet.report.sweep.NOISE``): how much a
+verdict leans on it.
 """
 
 from __future__ import annotations
@@ -202,32 +204,45 @@ def _judge_agreement(claim: Agreement, sweep: Sweep) -> dict[str, Any]:
             "command": claim.command}
 
 
-def judge_all(root: Path, claims: tuple[Claim | Agreement, ...] = CLAIMS) -> list[dict[str, Any]]:
-    """Every claim against ``root/<its sweep>``; a sweep not run gives "not measured"."""
+def judge_all(root: Path, claims: tuple[Claim | Agreement, ...] = CLAIMS,
+              noise: float | None = None) -> list[dict[str, Any]]:
+    """Every claim against ``root/<its sweep>``; a sweep not run gives "not measured".
+    ``noise``: the convergence rule's noise allowance, where not the default (0 drops it: a
+    check of how much a verdict leans on it)."""
     out = []
     for claim in claims:
         folder = root / claim.sweep
         sweep = collect(folder) if folder.is_dir() else Sweep(folder, [], [])
+        if noise is not None:
+            for run in sweep.runs:
+                run.noise = noise
         out.append(judge(claim, sweep))
     return out
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("out=")]
-    outs = [a[4:] for a in argv if a.startswith("out=")]
-    if len(args) != 1:
-        print("usage: python -m splitnet.report.verdict SWEEPS_ROOT [out=FILE]", file=sys.stderr)
+    args = [a for a in argv if "=" not in a]
+    options = dict(a.split("=", 1) for a in argv if "=" in a)
+    unknown = sorted(set(options) - {"out", "noise"})
+    if len(args) != 1 or unknown:
+        print("usage: python -m splitnet.report.verdict SWEEPS_ROOT [out=FILE] [noise=N]"
+              + (f" (unknown option(s) {unknown})" if unknown else ""), file=sys.stderr)
         return 2
     try:
-        verdicts = judge_all(Path(args[0]))
+        noise = float(options["noise"]) if "noise" in options else None
+    except ValueError:
+        print(f"verdict: error: noise={options['noise']!r} is not a number", file=sys.stderr)
+        return 2
+    try:
+        verdicts = judge_all(Path(args[0]), noise=noise)
     except SweepError as exc:
         print(f"verdict: error: {exc}", file=sys.stderr)
         return 1
     text = json.dumps(verdicts, indent=1) + "\n"
-    if outs:
+    if "out" in options:
         from splitnet.report.plots import draw_verdicts
 
-        out = Path(outs[0])
+        out = Path(options["out"])
         out.write_text(text)
         picture = out.with_suffix(".png")
         draw_verdicts(verdicts, picture)
