@@ -60,13 +60,18 @@ def test_the_interval_is_mean_plus_minus_t_times_the_standard_error():
     assert paired_interval([5.0]) == (5.0, None) and verdict(None) == "not measured"
 
 
-def _sweep(root: Path, top1: dict[tuple[str, int], float], falling: set[tuple[str, int]] = frozenset()) -> Path:
+def _runs(root: Path, key: str, top1: dict[tuple[str, int], float],
+          falling: set[tuple[str, int]] = frozenset()) -> Path:
+    """A 10-epoch run per (value of ``key``, seed), scored at the end; converged unless falling."""
     for (setting, seed), acc in top1.items():
         losses = ([[2.0 - 0.1 * e] for e in range(10)] if (setting, seed) in falling
                   else [[1.0]] * 5 + [[0.995]] * 5)
-        write_run(root, [f"data.augment={setting}", f"seed={seed}"], [None] * 9 + [(acc, 1.0, 0.5)], losses,
-                  planned=10)
+        write_run(root, [f"{key}={setting}", f"seed={seed}"], [None] * 9 + [(acc, 1.0, 0.5)], losses, planned=10)
     return root
+
+
+def _sweep(root: Path, top1: dict[tuple[str, int], float], falling: set[tuple[str, int]] = frozenset()) -> Path:
+    return _runs(root, "data.augment", top1, falling)
 
 
 AUGMENT = Claim("augmentation", "augment", ((1.0, (("data.augment", "true"),)), (-1.0, (("data.augment", "false"),))),
@@ -136,12 +141,7 @@ def test_the_suite_runs_every_sweep_and_every_claim_names_one():
 
 
 def _strategies(root: Path, top1: dict[tuple[str, int], float], falling: set[tuple[str, int]] = frozenset()) -> Path:
-    for (partition, seed), acc in top1.items():
-        losses = ([[2.0 - 0.1 * e] for e in range(10)] if (partition, seed) in falling
-                  else [[1.0]] * 5 + [[0.995]] * 5)
-        write_run(root, [f"seed={seed}", f"partition={partition}"], [None] * 9 + [(acc, 1.0, 0.5)], losses,
-                  planned=10)
-    return root
+    return _runs(root, "partition", top1, falling)
 
 
 STRATEGIES = next(c for c in CLAIMS if isinstance(c, Agreement))

@@ -129,7 +129,7 @@ def draw_verdicts(verdicts: list[dict[str, Any]], out: Path) -> list[str]:
         y = len(verdicts) - 1 - row
         label = f"{v['verdict']}, {len(v['seeds'])} seed(s)"
         if v["effect"] is None:
-            ax.text(0.99, y, f"{v['verdict']}, {len(v['seeds'])} seed(s)", ha="right", va="center", fontsize=8,
+            ax.text(0.99, y, label, ha="right", va="center", fontsize=8,
                     color="0.4", transform=ax.get_yaxis_transform())  # at the right edge, whatever the scale
             continue
         colour = _VERDICT_COLOURS.get(v["verdict"], "C0")

@@ -81,7 +81,8 @@ class Run:
 
     @property
     def converged(self) -> bool:
-        """A finished run whose training loss has stopped falling (see WINDOW, REL_TOL, ABS_TOL)."""
+        """A finished run whose training loss has stopped falling (see WINDOW, REL_TOL, ABS_TOL,
+        and its ``noise`` allowance)."""
         return self.status == "done" and has_converged(self.train_loss, noise=self.noise)
 
     def value(self, key: str) -> float | None:
