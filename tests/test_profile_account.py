@@ -37,6 +37,18 @@ def test_an_address_reused_after_a_free_is_a_new_tensor():
     assert [(a.size, a.category) for a in allocs] == [(8, "activations"), (16, "gradients")]
 
 
+def test_a_buffer_freed_outside_the_trace_keeps_its_bytes_but_not_the_address():
+    # 0xA: an exchange buffer whose free happened on a thread the trace does not follow; the
+    # allocator hands 0xA out again for the gradient that the mark names. The allocator's own
+    # count still holds the old bytes, so the account does too, but as an exchange buffer.
+    allocs = allocations([(0, 0xA, 48, "exchange"), (1, 0xB, 8, "backward"), (2, 0xA, 16, "backward")])
+    categorize(allocs, [(3, {"gradients": {0xA, 0xB}})])
+    assert [(a.size, a.category) for a in allocs] == [(48, "exchange"), (8, "gradients"), (16, "gradients")]
+    acc = account(allocs)
+    assert acc.peak == 48 + 8 + 16
+    assert acc.largest["gradients"] == 24 and acc.largest["exchange"] == 48
+
+
 def test_waiting_is_the_gap_before_the_last_peer_arrives():
     # rank 0 enters at t=100 and waits; rank 1 issues at t=400; the transfer ends at t=500
     rank0 = [{"keys": [(0, 1, 0)], "issued": 100, "entered": 100, "left": 500}]

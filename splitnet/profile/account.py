@@ -10,6 +10,13 @@ allocation takes its category from its tag. The account promises: ``peak`` is th
 largest running total of live bytes (what the allocator itself reports as allocated),
 ``at_peak`` splits that instant by category and sums to it exactly, and ``largest``
 is the most each category ever held at once.
+
+One blind spot, shared with the allocator: a free made on a thread the trace does not
+follow (gloo's worker thread dropping the last reference to an exchange buffer after the
+step has moved on) is neither traced nor subtracted from the allocator's own count, which
+keeps those bytes until the process ends. The account keeps them too, so its peak stays
+the allocator's; but the address may be handed out again, and the newer allocation there
+is the one a mark names (the older one keeps its own category).
 """
 
 from __future__ import annotations
@@ -33,10 +40,15 @@ class Allocation:
     tag: str
     end_order: int | None = None
     end_ns: int | None = None
+    replaced_ns: int | None = None  # when a newer allocation took this address (its free untraced)
     category: str = "other"
 
     def alive_at(self, ns: int) -> bool:
         return self.start_ns <= ns and (self.end_ns is None or ns < self.end_ns)
+
+    def holds_address_at(self, ns: int) -> bool:
+        """Whether this allocation is the one at its address at ``ns``."""
+        return self.alive_at(ns) and (self.replaced_ns is None or ns < self.replaced_ns)
 
 
 @dataclass
@@ -50,11 +62,15 @@ def allocations(trace: Iterable[tuple[int, int, int, str]]) -> list[Allocation]:
     """``trace``: (time_ns, ptr, bytes, tag) in allocator order; a free has negative bytes.
 
     A free of an address this trace never saw allocated (made before tracing began) is
-    ignored, as the allocator's own count ignores it."""
+    ignored, as the allocator's own count ignores it. An allocation at an address still
+    live here was freed outside the trace: it stays live, as in the allocator's count, and
+    is marked replaced from then on."""
     live: dict[int, Allocation] = {}
     out: list[Allocation] = []
     for order, (ns, ptr, size, tag) in enumerate(trace):
         if size > 0:
+            if ptr in live:
+                live[ptr].replaced_ns = ns
             live[ptr] = Allocation(order, ns, ptr, size, tag)
             out.append(live[ptr])
         elif size < 0 and ptr in live:
@@ -68,7 +84,7 @@ def categorize(allocs: Sequence[Allocation], marks: Sequence[tuple[int, Mapping[
     for a in allocs:
         a.category = _BY_TAG.get(a.tag, "other")
         for ns, held in marks:
-            if not a.alive_at(ns):
+            if not a.holds_address_at(ns):
                 continue
             named = next((name for name, ptrs in held.items() if a.ptr in ptrs), None)
             if named is not None:
