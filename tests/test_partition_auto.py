@@ -107,7 +107,7 @@ def test_no_strategy_at_all(alexnet_small):
 
 
 def test_a_fixed_strategy_that_does_not_fit_names_every_rank_and_the_smallest_mesh_that_fits(alexnet):
-    cap = 2**30
+    cap = 900 * 2**20
     free = {d: make_plan(alexnet, {"strategy": "columns"}, Mesh(devices=d), 128) for d in (2, 3, 4)}
     assert min(max(c.memory_bytes for c in free[d].costs) for d in (2, 3)) > cap
     assert cap >= max(c.memory_bytes for c in free[4].costs)
@@ -116,7 +116,7 @@ def test_a_fixed_strategy_that_does_not_fit_names_every_rank_and_the_smallest_me
     message = str(err.value)
     per_rank = ", ".join(f"rank {c.rank} {c.memory_bytes / 2**20:,.0f} MiB" for c in free[2].costs)
     assert message.startswith(f"columns: the predicted peak per device ({per_rank}) exceeds "
-                              f"mesh.device_memory={cap:,} bytes (1,024 MiB); the smallest mesh that fits is "
+                              f"mesh.device_memory={cap:,} bytes (900 MiB); the smallest mesh that fits is "
                               f"mesh.devices=4 ({max(c.memory_bytes for c in free[4].costs) / 2**20:,.0f} MiB")
     assert message.endswith("or use a smaller batch_size or partition=auto")
 

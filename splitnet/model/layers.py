@@ -15,6 +15,26 @@ from torch import nn
 from splitnet.model.seeding import dropout_keep
 
 
+def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """``F.local_response_norm`` across dim 1, the same values and gradients bit for bit
+    (float32 on CPU: tests/test_model_layers.py), in under half its time.
+
+    torch sums each channel's window with ``avg_pool3d`` over a padded, five-dimensional
+    view of the squares; here the window is the sum of ``size`` shifted slices of the padded
+    squares, added in the pool's order and divided by ``size`` as it does. The pool's
+    forward and backward were 40-60% of a training step of the digit nets on one CPU thread.
+    Under autocast torch's own function runs (it computes the pool in float32 there)."""
+    if x.dim() < 3 or torch.is_autocast_enabled(x.device.type):
+        return F.local_response_norm(x, size, alpha, beta, k)
+    channels = x.shape[1]
+    padded = F.pad(x * x, (0, 0) * (x.dim() - 2) + (size // 2, (size - 1) // 2))
+    window = padded.narrow(1, 0, channels).clone() if size == 1 else padded.narrow(1, 0, channels) + padded.narrow(
+        1, 1, channels)
+    for i in range(2, size):
+        window.add_(padded.narrow(1, i, channels))  # in place: a fresh tensor nothing else holds
+    return x / window.div_(size).mul_(alpha).add_(k).pow(beta)
+
+
 class GroupLRN(nn.Module):
     """Local response normalisation within each of ``groups`` contiguous channel groups.
 
@@ -31,7 +51,7 @@ class GroupLRN(nn.Module):
         b, c = x.shape[:2]
         rest = x.shape[2:] or (1,)
         per_group = x.reshape(b * self.groups, c // self.groups, *rest)
-        y = F.local_response_norm(per_group, self.size, self.alpha, self.beta, self.k)
+        y = lrn(per_group, self.size, self.alpha, self.beta, self.k)
         return y.reshape(x.shape)
 
     def extra_repr(self) -> str:
@@ -48,7 +68,7 @@ class SegmentLRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = (x if x.dim() > 2 else x.unsqueeze(-1)).split(list(self.widths), dim=1)
-        y = torch.cat([F.local_response_norm(part, self.size, self.alpha, self.beta, self.k) for part in parts],
+        y = torch.cat([lrn(part, self.size, self.alpha, self.beta, self.k) for part in parts],
                       dim=1)
         return y.reshape(x.shape)
 

@@ -7,13 +7,14 @@ A pure walk over the plan that follows what torch's autograd keeps (measured wit
   int64 labels: every rank of a model-parallel group is handed the whole batch);
 - saved in forward, per layer, at this rank's rows: conv and linear keep their input
   (the tensor their exchange assembled, when there is one); ReLU keeps its output;
-  LRN keeps its input, two more tensors of that size and the channel-padded square
-  (``F.local_response_norm``); rnorm keeps its input and two more tensors of that size
-  (the denominator and its power); max-pool keeps its input and int64 indices of its
-  output; average pooling keeps nothing; dropout keeps a one-byte mask of its slice; flatten keeps nothing. A tensor
-  two ops keep is counted once. An LRN whose tower spans devices keeps only its own
-  channels and the window's reach beyond them (received from its neighbours). The loss
-  keeps the log-softmax of the (gathered) logits.
+  LRN keeps its input and two more tensors of that size (the power's input and output:
+  ``model/layers.lrn`` sums its window from slices that nothing keeps); rnorm keeps its
+  input and two more tensors of that size (the denominator and its power); max-pool keeps
+  its input and int64 indices of its output; average pooling keeps nothing; dropout keeps
+  a one-byte mask of its slice; flatten keeps nothing. A tensor two ops keep is counted
+  once. An LRN whose tower spans devices keeps only its own channels and the window's
+  reach beyond them (received from its neighbours). The loss keeps the log-softmax of the
+  (gathered) logits.
 - backward, layer by layer from the last: the parameter gradients made so far, the
   layer's output gradient, its input gradient (for an exchange, the assembled tensor's
   gradient and its reduce-scatter copy), while the saved tensors of the later layers
@@ -128,11 +129,10 @@ def held_bytes(spec: ModelSpec, placements: list[Placement], rank: int, batch: i
                 lo, hi = shard.reads or shard.out
                 channels = hi - lo
                 x = rows * channels * spatial * b
-                keep += x + 2 * x + x * (channels + layer.size - 1) // channels
+                keep += x + 2 * x
                 out = x
             else:
-                per_group = layer.in_shape[0] // layer.groups
-                keep += (0 if prev_kept else prev) + 2 * out + out * (per_group + layer.size - 1) // per_group
+                keep += (0 if prev_kept else prev) + 2 * out
             prev_kept = False  # LRN keeps its input, not the quotient it returns
         elif layer.weighted:
             keep += assembled if assembled else (0 if prev_kept else prev)
