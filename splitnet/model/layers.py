@@ -28,8 +28,8 @@ def lrn(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torc
         return F.local_response_norm(x, size, alpha, beta, k)
     channels = x.shape[1]
     padded = F.pad(x * x, (0, 0) * (x.dim() - 2) + (size // 2, (size - 1) // 2))
-    window = padded.narrow(1, 0, channels).clone() if size == 1 else padded.narrow(1, 0, channels) + padded.narrow(
-        1, 1, channels)
+    first = padded.narrow(1, 0, channels)
+    window = first.clone() if size == 1 else first + padded.narrow(1, 1, channels)
     for i in range(2, size):
         window.add_(padded.narrow(1, i, channels))  # in place: a fresh tensor nothing else holds
     return x / window.div_(size).mul_(alpha).add_(k).pow(beta)
