@@ -33,7 +33,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 IMPLEMENTATIONS = {"torch": F.local_response_norm, "splitnet": layers.lrn}
 
 
-def best_time(fn: Callable[[], object], reps: int) -> float:
+def seconds_per_call(fn: Callable[[], object], reps: int) -> float:
     fn()  # warm up
     start = time.perf_counter()
     for _ in range(reps):
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> None:
     for r in range(rounds):
         for name, make in cases.items():
             for impl_name, impl in IMPLEMENTATIONS.items():
-                times[name][impl_name].append(best_time(make(impl), reps))
+                times[name][impl_name].append(seconds_per_call(make(impl), reps))
         print(f"bench_lrn: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
     rows = [{"case": name, **{f"{i}_ms": 1e3 * min(t[i]) for i in IMPLEMENTATIONS},
