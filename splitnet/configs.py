@@ -37,10 +37,28 @@ def model_config(name: str) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text()))
 
 
+def by_number(table: Any, key: Any, field: str) -> Any:
+    """``table``'s entry whose key equals ``key`` as a number, then its ``field``: a setting
+    that follows another one's value, such as a sweep's budget per data share
+    (``${by_number:${budget},${data.fraction},epochs}``; the key 0.1 matches '0.1' or '0.10')."""
+    try:
+        wanted = float(key)
+    except (TypeError, ValueError):
+        raise SplitnetError(f"by_number: {key!r} is not a number") from None
+    for name, entry in table.items():
+        if float(name) == wanted:
+            if field not in entry:
+                raise SplitnetError(f"by_number: the entry for {name} has no {field!r} (it has {sorted(entry)})")
+            return entry[field]
+    raise SplitnetError(f"by_number: no entry for {key!r}; this setting is given for {', '.join(map(str, table))} only")
+
+
 def register_resolver() -> None:
-    """Make ``${conv_stack:depth,lrn,pool,dropout,classes[,dropout_scale]}`` available to configs."""
+    """Make ``${conv_stack:depth,lrn,pool,dropout,classes[,dropout_scale]}`` and
+    ``${by_number:table,key,field}`` available to configs."""
     from omegaconf import OmegaConf
 
     from splitnet.model.convstack import conv_stack
 
     OmegaConf.register_new_resolver("conv_stack", conv_stack, replace=True)
+    OmegaConf.register_new_resolver("by_number", by_number, replace=True)

@@ -333,3 +333,60 @@ def test_argument_errors(shard_dir) -> None:
                      replica=0, num_replicas=1, epoch=0, seed=0)
     with pytest.raises(DataError, match="cannot fill one batch of 200 on each of 2"):
         loader(shard_dir, batch_size=200, replicas=2)
+
+
+@pytest.fixture
+def opened(monkeypatch) -> list[str]:
+    """The shards a WebDataset is opened on, in order, with the raw-sample cache emptied first."""
+    from splitnet.data import pipeline
+
+    pipeline.RAW_CACHE.clear()
+    calls: list[str] = []
+    real = pipeline.wds.WebDataset
+
+    def counting(urls, *args, **kwargs):
+        calls.extend(urls)
+        return real(urls, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.wds, "WebDataset", counting)
+    yield calls
+    pipeline.RAW_CACHE.clear()
+
+
+def test_later_epochs_read_kept_samples_and_get_the_batches_a_fresh_read_gives(shard_dir, opened) -> None:
+    from splitnet.data import pipeline
+
+    batches(loader(shard_dir, fraction=0.5, epoch=0))
+    assert len(opened) == N_TRAIN // 20  # every training shard scanned once
+    opened.clear()
+    warm = batches(loader(shard_dir, fraction=0.5, epoch=1, pca_std=0.1))
+    assert opened == []  # the second epoch scanned no tar
+    pipeline.RAW_CACHE.clear()
+    cold = batches(loader(shard_dir, fraction=0.5, epoch=1, pca_std=0.1))
+    assert len(opened) == N_TRAIN // 20 and len(warm) == len(cold) == 6
+    for (x, y), (xc, yc) in zip(warm, cold, strict=True):
+        assert torch.equal(x, xc) and torch.equal(y, yc)
+    opened.clear()
+    batches(loader(shard_dir, fraction=0.25, epoch=1))  # another subset is another entry
+    assert len(opened) == N_TRAIN // 20
+
+
+def test_a_rewritten_shard_is_read_again_and_a_broken_one_is_never_kept(tmp_path, opened) -> None:
+    source = ArraySource(identity_images(40), np.arange(40) % 4)
+    write_shard_set(source, tmp_path, per_shard=10, progress=False)
+    shard = tmp_path / "train-000001.tar"
+    before = {i for x, _ in loader(tmp_path, batch_size=10, shuffle_buffer=0) for i in ids_of(x, tmp_path)}
+    assert before == set(range(40))
+    with tarfile.open(shard) as tar:
+        key = sorted({Path(m.name).stem for m in tar.getmembers()})[0]
+    rewrite_member(shard, f"{key}.cls", b"seven")
+    opened.clear()
+    ld = loader(tmp_path, batch_size=10, shuffle_buffer=0)
+    batches(ld)
+    assert opened == [str(shard.resolve())] and ld.stats["skipped"] == 1  # only the rewritten shard
+    shard.write_bytes(shard.read_bytes()[:3000])
+    for _ in range(2):
+        opened.clear()
+        ld = loader(tmp_path, batch_size=10, shuffle_buffer=0)
+        batches(ld)
+        assert opened == [str(shard.resolve())] and ld.damage[str(shard.resolve())].cut > 0

@@ -248,7 +248,10 @@ def test_every_experiment_fixes_its_schedule_and_budget(name):
     """The default schedule may change; an experiment's numbers must not change with it."""
     raw = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
     assert raw["optim"]["schedule"] == "step" and raw["optim"]["milestones"], name
-    assert "warmup_steps" in raw["optim"] and raw["train"]["epochs"] >= 2 * 5, name  # 10 epochs show convergence
+    assert "warmup_steps" in raw["optim"], name
+    for share in sweep_params(name).get("data.fraction", [None]):  # a budget may follow the share
+        cfg = compose_cfg(f"+experiment={name}", *([f"data.fraction={share}"] if share else []))
+        assert cfg["train"]["epochs"] >= 2 * 5, (name, share)  # 10 epochs show convergence
     seeds = sweep_params(name).get("seed", ["0"])
     assert len(seeds) >= (1 if name == "strategies" else 3), name
 
@@ -278,3 +281,23 @@ def test_eval_every_is_checked(tmp_path, overrides, message):
     cfg = compose_cfg("+experiment=augment", *TINY, *overrides)
     with pytest.raises(SplitnetError, match=message):
         run_train(cfg, tmp_path, choose_launcher(cfg))
+
+
+def test_depth_data_gives_each_data_share_its_own_budget():
+    seen = {}
+    for share in sweep_params("depth_data")["data.fraction"]:
+        cfg = compose_cfg("+experiment=depth_data", f"data.fraction={share}")
+        steps = cfg["train"]["epochs"] * (subset_size(4500, float(share)) // cfg["batch_size"])
+        seen[float(share)] = (cfg["train"]["epochs"], cfg["optim"]["milestones"], steps)
+        assert cfg["optim"]["milestones"][0] < cfg["train"]["epochs"] and cfg["eval"]["every"] <= cfg["train"]["epochs"]
+        assert steps >= 240, (share, steps)
+    epochs = [seen[k][0] for k in sorted(seen)]
+    assert epochs == sorted(epochs, reverse=True) and epochs[0] > epochs[-1]  # less data, more epochs
+    assert compose_cfg("+experiment=depth_data", "data.fraction=1")["train"]["epochs"] == seen[1.0][0]
+
+
+def test_a_share_without_a_budget_is_refused_by_name():
+    from omegaconf.errors import InterpolationResolutionError
+
+    with pytest.raises(InterpolationResolutionError, match=r"no entry for 0\.5; .*0\.02, 0\.05, 0\.1, 0\.3, 1\.0 only"):
+        compose_cfg("+experiment=depth_data", "data.fraction=0.5")

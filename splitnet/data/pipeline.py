@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import logging
 import multiprocessing as mp
+import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -110,6 +111,62 @@ def decode(sample: dict[str, Any], num_classes: int) -> tuple[np.ndarray, int]:
     except DECODE_ERRORS as exn:
         raise Malformed(f"undecodable .{key}: {exn}") from exn
     return image, label
+
+
+class RawCache:
+    """Raw samples of whole shards, kept in memory up to ``limit`` bytes in all.
+
+    A small training subset (``data.fraction``) over a small set spends most of an epoch
+    scanning tar members it does not use: 90 of the embedded set's 4,500 digits cost a
+    0.35 s scan per epoch against 0.16 s of training steps. Entries are keyed by the
+    shard's path, size and modification time and the subset, so a rewritten shard is read
+    again; a shard whose tar data broke off is never kept (its damage is met and reported
+    every epoch, as before). Samples are raw bytes and are never modified after reading.
+    DataLoader workers are forked per epoch, so only in-process loading (``data.workers=0``)
+    keeps entries from one epoch to the next.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.entries: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+    @staticmethod
+    def nbytes(samples: list[dict[str, Any]]) -> int:
+        return sum(len(v) for s in samples for v in s.values() if isinstance(v, bytes | str))
+
+    @staticmethod
+    def key(shard: str, subset: tuple[float, int]) -> tuple[Any, ...] | None:
+        try:
+            stat = os.stat(shard)
+        except OSError:
+            return None
+        return shard, stat.st_size, stat.st_mtime_ns, *subset
+
+    def get(self, shard: str, subset: tuple[float, int]) -> list[dict[str, Any]] | None:
+        key = self.key(shard, subset)
+        return None if key is None else self.entries.get(key)
+
+    def put(self, shard: str, subset: tuple[float, int], samples: list[dict[str, Any]]) -> None:
+        key = self.key(shard, subset)
+        size = self.nbytes(samples)
+        if key is None or key in self.entries or self.held + size > self.limit:
+            return
+        self.entries[key] = samples
+        self.held += size
+
+    def drop(self, shard: str, subset: tuple[float, int]) -> None:
+        key = self.key(shard, subset)
+        samples = self.entries.pop(key, None) if key is not None else None
+        if samples is not None:
+            self.held -= self.nbytes(samples)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.held = 0
+
+
+RAW_CACHE = RawCache(limit=256 << 20)
 
 
 @dataclass(frozen=True)
@@ -198,18 +255,36 @@ class ReplicaStream(IterableDataset):
             yield exn
 
     def raw(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(shard, raw sample) for every sample of the replica's shards, in order."""
+        """(shard, raw sample) for every sample of the replica's shards, in order.
+
+        A shard read to the last sample its listing counts, without a tar error, leaves its
+        samples of the subset in the process's ``RawCache`` (while it has room); later passes
+        and epochs read them from there: the same samples in the same order, without scanning
+        the tar again.
+        """
         for shard in self.shards:
+            kept = RAW_CACHE.get(shard, self.subset)
+            if kept is not None:
+                for sample in kept:
+                    yield shard, sample
+                continue
             # One WebDataset per shard, so a tar-level error names its shard.
             dataset = wds.WebDataset(
                 [shard], shardshuffle=False, nodesplitter=None, workersplitter=None,
                 empty_check=False, handler=partial(self.shard_error, shard), seed=0,
             )
-            read = 0
+            read, kept, listed = 0, [], self.counts.get(shard)
             for sample in dataset:
                 read += 1
                 if in_subset(str(sample.get("__key__")), *self.subset):
+                    kept.append(sample)
+                if read == listed and shard not in self.broken_off:
+                    # kept before the last yield: a stream that ends its epoch there reads no further
+                    RAW_CACHE.put(shard, self.subset, list(kept))
+                if kept and kept[-1] is sample:
                     yield shard, sample
+            if shard in self.broken_off or read != listed:  # the shard is not what its listing says
+                RAW_CACHE.drop(shard, self.subset)
             if shard in self.broken_off:
                 self.cut[shard] = max(0, self.counts.get(shard, read) - read)
 
