@@ -228,3 +228,14 @@ def test_an_elastic_run_is_one_series_and_the_report_shows_where_its_size_change
     assert list(got.step_loss) == [1, 2, 3, 4]
     assert ("from step 1: 2 replica(s) x 1 micro-step(s); from step 3: 1 replica(s) x 2 micro-step(s)"
             in markdown(collect(run)))
+
+
+def test_a_budget_given_by_interpolation_is_resolved_as_the_run_resolved_it(tmp_path):
+    """Hydra saves a run's config unresolved: depth_data's epochs follow the data share."""
+    budget = {"budget": {"0.02": {"epochs": 3}, "1.0": {"epochs": 2}}, "data": {"fraction": 1.0},
+              "train": {"epochs": "${by_number:${budget},${data.fraction},epochs}", "max_steps": 0}}
+    for fraction, epochs in ((1.0, 2), (0.02, 2)):
+        run = write_run(tmp_path, [f"data.fraction={fraction}"], [(0.5, 0.9, 1.5)] * epochs, [[2.0]] * epochs)
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(budget | {"data": {"fraction": fraction}}))
+    runs = {r.overrides["data.fraction"]: r.status for r in collect(tmp_path).runs}
+    assert runs == {"1.0": "done", "0.02": "incomplete"}  # the 2% run planned 3 epochs and ran 2

@@ -233,12 +233,23 @@ def _wall_seconds(run_dir: Path) -> float | None:
 
 
 def _planned(run_dir: Path) -> tuple[int | None, int | None]:
-    """(train.epochs, train.max_steps) from the run's saved config, when they are plain numbers."""
+    """(train.epochs, train.max_steps) from the run's saved config, resolved as the run did
+    (Hydra saves interpolations unresolved, such as depth_data's budget per data share);
+    None where it is not a number."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from splitnet.configs import register_resolver
+
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return None, None
-    train = (yaml.safe_load(path.read_text()) or {}).get("train", {})
-    epochs, steps = train.get("epochs"), train.get("max_steps")
+    register_resolver()
+    try:
+        cfg = OmegaConf.load(path)
+        epochs, steps = (OmegaConf.select(cfg, f"train.{key}", default=None) for key in ("epochs", "max_steps"))
+    except (OSError, yaml.YAMLError, OmegaConfBaseException, SplitnetError):
+        return None, None
     return (epochs if isinstance(epochs, int) else None), (steps if isinstance(steps, int) and steps > 0 else None)
 
 
