@@ -47,6 +47,12 @@ def test_2012_layout_talks_only_at_conv3_fc6_fc7_fc8_and_the_loss(alexnet):
     assert (ex["loss"].mode, ex["loss"].collective, ex["loss"].backward) == ("logits", "all_gather", "none")
 
 
+def test_the_rationale_names_the_connecting_layers_or_says_there_are_none(alexnet):
+    assert "devices talk only at conv3, fc6, fc7, fc8, loss" in plan_of(alexnet).rationale
+    alone = plan_of(alexnet, devices=1)
+    assert alone.rationale.endswith("no device talks to another") and "talk only" not in alone.rationale
+
+
 def test_2012_layout_exchange_bytes(alexnet):
     ex = plan_of(alexnet).exchanges()
     # conv3 reads both towers' pool2 output: each device receives the other's 13x13x128 floats

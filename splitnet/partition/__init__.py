@@ -27,7 +27,8 @@ __all__ = ["Mesh", "MeshError", "replicas_for_world", "PartitionError", "Plan", 
 def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Mapping[str, Any],
                share: tuple[float, ...]) -> str:
     talk = [p.name for p in plan_rows if p.exchange is not None]
-    where = ", ".join(talk) if talk else "nowhere"
+    where = ", ".join(talk)
+    talks = f"devices talk only at {where}" if talk else "no device talks to another"
     if strategy == "columns":
         even = all(len({s.out[1] - s.out[0] for s in p.shards}) <= 1 for p in plan_rows)
         share = f"1/{devices}" if even else f"about 1/{devices} (shards differ by at most a channel)"
@@ -37,7 +38,7 @@ def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Map
         overlap = (f"; the batch runs in {chunks} chunks" + (f" up to {whole[0]}" if whole else "")
                    + ", one chunk's exchanges overlapping the next one's compute") if chunks > 1 else ""
         return (f"columns: each of {devices} device(s) holds {share} of every weighted layer's "
-                f"channels, along the towers; devices talk only at {where}{overlap}")
+                f"channels, along the towers; {talks}{overlap}")
     if strategy == "pipeline":
         m = int(cfg.get("microbatches", 1))
         bubble = (devices - 1) / (m + devices - 1)
@@ -45,9 +46,9 @@ def _rationale(plan_rows: list[Placement], strategy: str, devices: int, cfg: Map
                  if cfg.get("schedule", "gpipe") == "1f1b" else "GPipe schedule: every forward, then every backward")
         return (f"pipeline: {devices} stages of whole layers (shares of {cfg.get('balance', 'flops')}: "
                 f"{', '.join(f'{s:.0%}' for s in share)}), {m} micro-batch(es), idle fraction "
-                f"(D-1)/(M+D-1) = {bubble:.0%}, {order}; devices talk only at {where}")
+                f"(D-1)/(M+D-1) = {bubble:.0%}, {order}; {talks}")
     return (f"hybrid: conv layers replicated, each of {devices} device(s) takes 1/{devices} of the "
-            f"batch; fully-connected layers sharded by columns; devices talk only at {where}")
+            f"batch; fully-connected layers sharded by columns; {talks}")
 
 
 # Each chunk talks on its own copy of the process groups and point-to-point tags
