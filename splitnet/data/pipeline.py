@@ -166,7 +166,7 @@ class RawCache:
         self.held = 0
 
 
-RAW_CACHE = RawCache(limit=256 << 20)
+RAW_CACHE = RawCache(limit=64 << 20)  # per process; a small subset of even a large set fits
 
 
 @dataclass(frozen=True)
