@@ -41,14 +41,20 @@ def by_number(table: Any, key: Any, field: str) -> Any:
     """``table``'s entry whose key equals ``key`` as a number, then its ``field``: a setting
     that follows another one's value, such as a sweep's budget per data share
     (``${by_number:${budget},${data.fraction},epochs}``; the key 0.1 matches '0.1' or '0.10')."""
-    try:
-        wanted = float(key)
-    except (TypeError, ValueError):
-        raise SplitnetError(f"by_number: {key!r} is not a number") from None
+
+    def number(value: Any, what: str) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise SplitnetError(f"by_number: {what} {value!r} is not a number") from None
+
+    wanted = number(key, "the key")
+    if not hasattr(table, "items"):
+        raise SplitnetError(f"by_number: the table is {table!r}, not a mapping of numbers to settings")
     for name, entry in table.items():
-        if float(name) == wanted:
-            if field not in entry:
-                raise SplitnetError(f"by_number: the entry for {name} has no {field!r} (it has {sorted(entry)})")
+        if number(name, "the table's key") == wanted:
+            if not hasattr(entry, "keys") or field not in entry:
+                raise SplitnetError(f"by_number: the entry for {name} is {entry!r}, which has no {field!r}")
             return entry[field]
     raise SplitnetError(f"by_number: no entry for {key!r}; this setting is given for {', '.join(map(str, table))} only")
 

@@ -379,7 +379,7 @@ def test_a_rewritten_shard_is_read_again_and_a_broken_one_is_never_kept(tmp_path
     assert before == set(range(40))
     with tarfile.open(shard) as tar:
         key = sorted({Path(m.name).stem for m in tar.getmembers()})[0]
-    rewrite_member(shard, f"{key}.cls", b"seven")
+    rewrite_member(shard, f"{key}.cls", b"seven")  # same tar blocks, same size: the modification time tells
     opened.clear()
     ld = loader(tmp_path, batch_size=10, shuffle_buffer=0)
     batches(ld)
@@ -390,3 +390,18 @@ def test_a_rewritten_shard_is_read_again_and_a_broken_one_is_never_kept(tmp_path
         ld = loader(tmp_path, batch_size=10, shuffle_buffer=0)
         batches(ld)
         assert opened == [str(shard.resolve())] and ld.damage[str(shard.resolve())].cut > 0
+
+
+def test_keep_mb_bounds_what_is_kept_and_zero_keeps_nothing(shard_dir, opened) -> None:
+    from splitnet.data import pipeline
+
+    kept = [batches(loader(shard_dir, fraction=0.5, epoch=e)) for e in (0, 1)]
+    assert 0 < pipeline.RAW_CACHE.held < 1 << 20 and len(opened) == N_TRAIN // 20
+    opened.clear()
+    none = [batches(loader(shard_dir, fraction=0.5, epoch=e, keep_mb=0)) for e in (0, 1)]
+    # every epoch scans every shard (and some twice: a subset of 120 +- binomial spread wraps around)
+    assert len(opened) >= 2 * N_TRAIN // 20 and pipeline.RAW_CACHE.held == 0
+    for (x, y), (xn, yn) in zip([b for e in kept for b in e], [b for e in none for b in e], strict=True):
+        assert torch.equal(x, xn) and torch.equal(y, yn)
+    with pytest.raises(DataError, match="data.keep_mb must be an integer >= 0"):
+        loader(shard_dir, keep_mb=-1)

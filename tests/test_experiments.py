@@ -301,3 +301,61 @@ def test_a_share_without_a_budget_is_refused_by_name():
 
     with pytest.raises(InterpolationResolutionError, match=r"no entry for 0\.5; .*0\.02, 0\.05, 0\.1, 0\.3, 1\.0 only"):
         compose_cfg("+experiment=depth_data", "data.fraction=0.5")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_the_suite_script_reports_every_sweep_and_names_the_ones_that_failed(tmp_path, jobs):
+    """run_all.sh with stand-ins for splitnet and python that record their calls."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    for tool in ("splitnet", "python"):  # the sweep "broken" fails to train, "unreported" to report
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n'
+                                    'case "$*" in *+experiment=broken*) exit 3;;\n'
+                                    '  "report "*unreported*) exit 4;; esac\n')
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "JOBS": jobs,
+           "SWEEPS": "first broken unreported last"}
+    done = subprocess.run(["bash", str(CONF.parent / "docs" / "experiments" / "run_all.sh"), str(tmp_path / "r"),
+                           "data.fraction=0.5"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "these sweeps failed: broken unreported " in done.stderr, done.stderr
+    lines = calls.read_text().splitlines()
+    for name in ("first", "broken", "unreported", "last"):
+        train = [line for line in lines if f"train -m +experiment={name} " in line]
+        assert len(train) == 1 and train[0].endswith("data.fraction=0.5")
+        assert f"splitnet report {tmp_path}/r/{name} out={tmp_path}/r/reports/{name}" in lines
+    assert lines[-1] == f"python -m splitnet.report.verdict {tmp_path}/r out={tmp_path}/r/reports/verdicts.json"
+    if jobs == "2":
+        assert "== broken ended" in done.stdout and "exit 3" in done.stdout and "exit 4" in done.stdout
+        assert (tmp_path / "r" / "first.log").is_file()
+
+
+@pytest.mark.parametrize("jobs", ["0", "two", "-1"])
+def test_the_suite_script_refuses_a_jobs_count_that_is_not_one_or_more(tmp_path, jobs):
+    import os
+    import subprocess
+
+    done = subprocess.run(["bash", str(CONF.parent / "docs" / "experiments" / "run_all.sh"), str(tmp_path / "r")],
+                          env={**os.environ, "JOBS": jobs}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"JOBS={jobs}: give the number of sweeps" in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("table", "key", "message"), [
+    ({"0.1": {"epochs": 4}}, "0.10", None),
+    ({"0.1": {"epochs": 4}}, "a tenth", "the key 'a tenth' is not a number"),
+    ({"tenth": {"epochs": 4}}, 0.1, "the table's key 'tenth' is not a number"),
+    ({"0.1": 4}, 0.1, "the entry for 0.1 is 4, which has no 'epochs'"),
+    (4, 0.1, "the table is 4, not a mapping"),
+])
+def test_by_number_finds_the_entry_of_a_number_or_names_what_is_wrong(table, key, message):
+    from splitnet.configs import by_number
+
+    if message is None:
+        assert by_number(table, key, "epochs") == 4
+    else:
+        with pytest.raises(SplitnetError, match=message):
+            by_number(table, key, "epochs")

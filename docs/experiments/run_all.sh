@@ -17,6 +17,14 @@ runs=${1:-runs/suite}
 shift || true
 reports=${REPORTS:-$runs/reports}
 jobs=${JOBS:-1}
+if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
+    echo "run_all: JOBS=$jobs: give the number of sweeps to train at once (1 or more)" >&2
+    exit 2
+fi
+if [ "$jobs" -gt 1 ] && (( BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501 )); then
+    echo "run_all: JOBS=$jobs needs bash 5.1 or later (wait -n -p); this is $BASH_VERSION: use JOBS=1" >&2
+    exit 2
+fi
 mkdir -p "$runs"
 
 sweep() {  # train one sweep, then report what it holds; fails when the training failed
@@ -29,7 +37,7 @@ sweep() {  # train one sweep, then report what it holds; fails when the training
 }
 
 failed=()
-declare -A running=()  # pid -> sweep
+[ "$jobs" -le 1 ] || declare -A running=()  # pid -> sweep
 collect_one() {        # wait for one sweep of those running; note it if it failed
     local pid status=0
     wait -n -p pid || status=$?
@@ -48,9 +56,11 @@ for name in ${SWEEPS:-augment dropout towers lrn_pool test_crops strategies dept
     sweep "$name" "$@" > "$runs/$name.log" 2>&1 &
     running[$!]=$name
 done
-while [ "${#running[@]}" -gt 0 ]; do collect_one; done
-python -m splitnet.report.verdict "$runs" "out=$reports/verdicts.json"
+[ "$jobs" -le 1 ] || while [ "${#running[@]}" -gt 0 ]; do collect_one; done
+verdict=0
+python -m splitnet.report.verdict "$runs" "out=$reports/verdicts.json" || verdict=$?
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "run_all: these sweeps failed: ${failed[*]} (their logs: $runs/NAME.log with JOBS > 1)" >&2
     exit 1
 fi
+exit "$verdict"

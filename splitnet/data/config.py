@@ -34,6 +34,7 @@ class DataConfig:
     on_error: str = "skip"  # skip | raise, for undecodable or malformed samples
     fraction: float = 1.0  # share of the training split used, a seeded subset (splitnet.data.subset)
     subset_seed: int = 0  # which subset; the same on every rank, replica and epoch
+    keep_mb: int = 64  # raw samples of whole shards kept in memory between epochs, MiB per process (0: none)
     train_batches: int = 100  # kind=synthetic: batches per epoch
     val_batches: int = 10
 
@@ -57,7 +58,7 @@ class DataConfig:
         for key in positive:
             if not _integer(getattr(self, key)) or getattr(self, key) < 1:
                 raise DataError(f"data.{key} must be an integer >= 1, got {getattr(self, key)!r}")
-        for key in ["workers", "shuffle_buffer"]:
+        for key in ["workers", "shuffle_buffer", "keep_mb"]:
             if not _integer(getattr(self, key)) or getattr(self, key) < 0:
                 raise DataError(f"data.{key} must be an integer >= 0, got {getattr(self, key)!r}")
         for key in ["augment", "flip"]:

@@ -114,59 +114,67 @@ def decode(sample: dict[str, Any], num_classes: int) -> tuple[np.ndarray, int]:
 
 
 class RawCache:
-    """Raw samples of whole shards, kept in memory up to ``limit`` bytes in all.
+    """Raw samples of whole shards, kept in memory up to ``limit`` bytes of sample payload
+    (``data.keep_mb``; Python's own overhead per sample comes on top).
 
     A small training subset (``data.fraction``) over a small set spends most of an epoch
     scanning tar members it does not use: 90 of the embedded set's 4,500 digits cost a
-    0.35 s scan per epoch against 0.16 s of training steps. Entries are keyed by the
-    shard's path, size and modification time and the subset, so a rewritten shard is read
-    again; a shard whose tar data broke off is never kept (its damage is met and reported
-    every epoch, as before). Samples are raw bytes and are never modified after reading.
-    DataLoader workers are forked per epoch, so only in-process loading (``data.workers=0``)
-    keeps entries from one epoch to the next.
+    0.35 s scan per epoch against 0.16 s of training steps. An entry is one shard's samples
+    of one subset, valid while the shard's size and modification time are those it was read
+    with: a rewritten shard is read again and its entry replaced. A shard whose tar data
+    broke off is never kept (its damage is met and reported every epoch, as before).
+    Samples are raw bytes and are never modified after reading. DataLoader workers are
+    forked per epoch: they see what the process held when they started, and what they read
+    themselves is lost with them.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self.entries: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        self.entries: dict[tuple[str, float, int], tuple[tuple[int, int], list[dict[str, Any]]]] = {}
 
     @staticmethod
     def nbytes(samples: list[dict[str, Any]]) -> int:
         return sum(len(v) for s in samples for v in s.values() if isinstance(v, bytes | str))
 
     @staticmethod
-    def key(shard: str, subset: tuple[float, int]) -> tuple[Any, ...] | None:
+    def version(shard: str) -> tuple[int, int] | None:
         try:
             stat = os.stat(shard)
         except OSError:
             return None
-        return shard, stat.st_size, stat.st_mtime_ns, *subset
+        return stat.st_size, stat.st_mtime_ns
 
     def get(self, shard: str, subset: tuple[float, int]) -> list[dict[str, Any]] | None:
-        key = self.key(shard, subset)
-        return None if key is None else self.entries.get(key)
+        entry = self.entries.get((shard, *subset))
+        if entry is None:
+            return None
+        if entry[0] != self.version(shard):  # rewritten since: forget it
+            self.drop(shard, subset)
+            return None
+        return entry[1]
 
-    def put(self, shard: str, subset: tuple[float, int], samples: list[dict[str, Any]]) -> None:
-        key = self.key(shard, subset)
+    def put(self, shard: str, subset: tuple[float, int], samples: list[dict[str, Any]],
+            version: tuple[int, int] | None) -> None:
+        """Keep ``samples``, read from ``shard`` as it was at ``version`` (its stat before reading)."""
+        self.drop(shard, subset)
         size = self.nbytes(samples)
-        if key is None or key in self.entries or self.held + size > self.limit:
+        if version is None or version != self.version(shard) or self.held + size > self.limit:
             return
-        self.entries[key] = samples
+        self.entries[(shard, *subset)] = (version, samples)
         self.held += size
 
     def drop(self, shard: str, subset: tuple[float, int]) -> None:
-        key = self.key(shard, subset)
-        samples = self.entries.pop(key, None) if key is not None else None
-        if samples is not None:
-            self.held -= self.nbytes(samples)
+        entry = self.entries.pop((shard, *subset), None)
+        if entry is not None:
+            self.held -= self.nbytes(entry[1])
 
     def clear(self) -> None:
         self.entries.clear()
         self.held = 0
 
 
-RAW_CACHE = RawCache(limit=64 << 20)  # per process; a small subset of even a large set fits
+RAW_CACHE = RawCache(limit=64 << 20)  # build_loader sets it from data.keep_mb
 
 
 @dataclass(frozen=True)
@@ -257,10 +265,11 @@ class ReplicaStream(IterableDataset):
     def raw(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """(shard, raw sample) for every sample of the replica's shards, in order.
 
-        A shard read to the last sample its listing counts, without a tar error, leaves its
-        samples of the subset in the process's ``RawCache`` (while it has room); later passes
-        and epochs read them from there: the same samples in the same order, without scanning
-        the tar again.
+        A shard read to its end without a tar error leaves its samples of the subset in the
+        process's ``RawCache`` (while it has room); later passes and epochs read them from
+        there: the same samples in the same order, without scanning the tar again. Reading
+        runs one sample ahead of what it yields, so a stream that stops right after a
+        shard's last sample (the end of an epoch) has still seen that shard end.
         """
         for shard in self.shards:
             kept = RAW_CACHE.get(shard, self.subset)
@@ -268,25 +277,27 @@ class ReplicaStream(IterableDataset):
                 for sample in kept:
                     yield shard, sample
                 continue
+            version = RawCache.version(shard)
             # One WebDataset per shard, so a tar-level error names its shard.
             dataset = wds.WebDataset(
                 [shard], shardshuffle=False, nodesplitter=None, workersplitter=None,
                 empty_check=False, handler=partial(self.shard_error, shard), seed=0,
             )
-            read, kept, listed = 0, [], self.counts.get(shard)
+            read, kept, ahead = 0, [], None
             for sample in dataset:
                 read += 1
+                if ahead is not None:
+                    yield shard, ahead
+                    ahead = None
                 if in_subset(str(sample.get("__key__")), *self.subset):
                     kept.append(sample)
-                if read == listed and shard not in self.broken_off:
-                    # kept before the last yield: a stream that ends its epoch there reads no further
-                    RAW_CACHE.put(shard, self.subset, list(kept))
-                if kept and kept[-1] is sample:
-                    yield shard, sample
-            if shard in self.broken_off or read != listed:  # the shard is not what its listing says
-                RAW_CACHE.drop(shard, self.subset)
+                    ahead = sample
             if shard in self.broken_off:
                 self.cut[shard] = max(0, self.counts.get(shard, read) - read)
+            else:
+                RAW_CACHE.put(shard, self.subset, kept, version)
+            if ahead is not None:
+                yield shard, ahead
 
     def sequence(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """The replica's sample sequence: one pass (val), or pass after pass (train).
@@ -511,6 +522,9 @@ def build_loader(data_cfg: dict[str, Any] | DataConfig, *, split: str, image_siz
             raise DataError(f"{name} must be >= 1, got {value}")
     crops = eval_crops(crops, cfg.flip and cfg.augment)
     info = data_info(cfg, cache_dir=cache_dir)
+    RAW_CACHE.limit = cfg.keep_mb << 20
+    if RAW_CACHE.held > RAW_CACHE.limit:
+        RAW_CACHE.clear()
     if not 0 <= replica < num_replicas:
         raise DataError(f"replica {replica} is not in 0..{num_replicas - 1}")
     if not 0 <= part[0] < part[1] or (part[1] > 1 and split != "train"):

@@ -248,7 +248,7 @@ def _planned(run_dir: Path) -> tuple[int | None, int | None]:
     try:
         cfg = OmegaConf.load(path)
         epochs, steps = (OmegaConf.select(cfg, f"train.{key}", default=None) for key in ("epochs", "max_steps"))
-    except (OSError, yaml.YAMLError, OmegaConfBaseException, SplitnetError):
+    except (OSError, yaml.YAMLError, OmegaConfBaseException):  # resolver errors arrive wrapped
         return None, None
     return (epochs if isinstance(epochs, int) else None), (steps if isinstance(steps, int) and steps > 0 else None)
 
